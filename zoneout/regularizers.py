@@ -381,6 +381,8 @@ class BNLSTM(nn.Module):
         p_c = self.zoneout_c
         p_h = self.zoneout_c if self.zoneout_shared_mask else self.zoneout_h
         z = self.stochastic_depth
+        if z == 0:
+            return p_c, p_h
         return 1 - (1 - p_c) * (1 - z), 1 - (1 - p_h) * (1 - z)
 
     def _draw_masks(self, T: int, B: int, ref: Tensor):
