@@ -275,11 +275,14 @@ def test_bnlstm_zoneout_train_masks_and_eval_expectation():
 def test_bnlstm_shared_mask_and_rates():
     torch.manual_seed(0)
     layer = BNLSTM(2, 64, zoneout_c=0.15, zoneout_h=0.9, zoneout_shared_mask=True)
-    keep_c, keep_h, upd = layer._draw_masks(50, 32, torch.zeros(1))
-    assert keep_c is keep_h and upd is None and keep_c.shape == (50, 32, 64)
+    (m,) = layer._sample_masks(50, 32, torch.zeros(1))
+    assert m.keep_c is m.keep_h and m.update is None and m.keep_c.shape == (50, 32, 64)
     # n = 102400, std error 0.0011; allow 0.01
-    assert abs(keep_c.mean().item() - 0.15) < 0.01
-    assert layer._rates() == (0.15, 0.15)
+    assert abs(m.keep_c.mean().item() - 0.15) < 0.01
+    layer.eval()
+    (m,) = layer._sample_masks(50, 32, torch.zeros(1))
+    assert (m.keep_h, m.keep_c) == pytest.approx((0.15, 0.15))  # eval expectation rates
+    layer.train()
     # behaviour: with a shared mask, a unit keeps c exactly where it keeps h
     layer.record_cells = True
     x = torch.randn(10, 8, 2)
@@ -293,7 +296,8 @@ def test_bnlstm_shared_mask_and_rates():
 def test_bnlstm_stochastic_depth_and_recurrent_dropout_masks():
     torch.manual_seed(0)
     layer = BNLSTM(2, 16, stochastic_depth=0.05, recurrent_dropout=0.3)
-    keep_c, keep_h, upd = layer._draw_masks(400, 50, torch.zeros(1))
+    (m,) = layer._sample_masks(400, 50, torch.zeros(1))
+    keep_c, keep_h, upd = m.keep_c, m.keep_h, m.update
     # whole step shared by all units of c and h
     assert torch.equal(keep_c, keep_h)
     assert torch.all(keep_c == keep_c[..., :1])
@@ -301,10 +305,12 @@ def test_bnlstm_stochastic_depth_and_recurrent_dropout_masks():
     # recurrent dropout: values 0 or 1/(1-p), drop rate p
     assert torch.all((upd == 0) | torch.isclose(upd, torch.tensor(1 / 0.7)))
     assert abs((upd == 0).float().mean().item() - 0.3) < 0.01
-    # eval: the update is unscaled, the step rate is 1 - (1 - 0)(1 - z)
-    assert layer._rates() == pytest.approx((0.05, 0.05))
-    z = BNLSTM(2, 16, zoneout_c=0.5, zoneout_h=0.05, stochastic_depth=0.05)
-    assert z._rates() == pytest.approx((1 - 0.5 * 0.95, 1 - 0.95 * 0.95))
+    # eval: no update mask, the step rate is 1 - (1 - 0)(1 - z)
+    (m,) = layer.eval()._sample_masks(400, 50, torch.zeros(1))
+    assert m.update is None and (m.keep_c, m.keep_h) == pytest.approx((0.05, 0.05))
+    z = BNLSTM(2, 16, zoneout_c=0.5, zoneout_h=0.05, stochastic_depth=0.05).eval()
+    (m,) = z._sample_masks(3, 2, torch.zeros(1))
+    assert (m.keep_c, m.keep_h) == pytest.approx((1 - 0.5 * 0.95, 1 - 0.95 * 0.95))
 
 
 def test_bnlstm_recurrent_dropout_off_in_eval():

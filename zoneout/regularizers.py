@@ -32,6 +32,9 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from .functional import mix
+from .rnn import SequenceMasks, sample_masks
+
 __all__ = [
     "keep_to_drop",
     "noisy_parameters",
@@ -199,25 +202,9 @@ class SequenceDropout(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 # recurrent batch normalization
 # ---------------------------------------------------------------------------------------------------------------
-def _functional_zoneout():
-    """``zoneout.functional.zoneout`` once the layers package provides it, else None (looked up per forward)."""
-    try:
-        from zoneout.functional import zoneout as fz
-    except ImportError:  # layers not landed yet
-        return None
-    return fz
-
-
-def _zoneout(prev: Tensor, new: Tensor, p: float, training: bool, mask: Optional[Tensor], fz=None) -> Tensor:
-    """Zoneout of one step: ``fz`` (zoneout.functional.zoneout) when given, else the same formula here:
-    train ``mask·prev + (1−mask)·new`` (mask = 1 keeps), eval ``p·prev + (1−p)·new``."""
-    if fz is not None:
-        return fz(prev, new, p, training, mask=mask)
-    if training:
-        if mask is None:
-            mask = torch.empty_like(new).bernoulli_(p)
-        return mask * prev + (1.0 - mask) * new
-    return p * prev + (1.0 - p) * new
+def _per_step(mask, T: int) -> Sequence:
+    """A [T, ...] mask as T per-step tensors; a float or None as the same value at every step."""
+    return mask.unbind(0) if isinstance(mask, Tensor) else [mask] * T
 
 
 class TimestepBatchNorm(nn.Module):
@@ -376,40 +363,20 @@ class BNLSTM(nn.Module):
                        device=device, dtype=dtype)
             for l in range(num_layers))
 
-    # effective eval rates (zoneout combined with stochastic depth)
-    def _rates(self) -> Tuple[float, float]:
-        p_c = self.zoneout_c
-        p_h = self.zoneout_c if self.zoneout_shared_mask else self.zoneout_h
-        z = self.stochastic_depth
-        if z == 0:
-            return p_c, p_h
-        return 1 - (1 - p_c) * (1 - z), 1 - (1 - p_h) * (1 - z)
-
-    def _draw_masks(self, T: int, B: int, ref: Tensor):
-        """Keep masks [T, B, H] for c and h (or None) and the scaled update mask, drawn up front (training)."""
-        H = self.hidden_size
-        shape = (T, B, H)
-
-        def bern(p, s=shape):
-            return torch.empty(s, dtype=ref.dtype, device=ref.device).bernoulli_(p)
-
-        keep_c = bern(self.zoneout_c) if self.zoneout_c > 0 else None
-        if self.zoneout_shared_mask:
-            keep_h = keep_c
-        else:
-            keep_h = bern(self.zoneout_h) if self.zoneout_h > 0 else None
-        if self.stochastic_depth > 0:
-            step = bern(self.stochastic_depth, (T, B, 1)).expand(shape)
-            keep_c = step if keep_c is None else 1 - (1 - keep_c) * (1 - step)
-            keep_h = step if keep_h is None else 1 - (1 - keep_h) * (1 - step)
-        update = None
-        if self.recurrent_dropout > 0:
-            update = bern(1 - self.recurrent_dropout) / (1 - self.recurrent_dropout)
-        return keep_c, keep_h, update
+    def _sample_masks(self, T: int, B: int, like: Tensor) -> List[SequenceMasks]:
+        """All masks of one forward call, one :class:`zoneout.rnn.SequenceMasks` per layer, drawn up front by
+        :func:`zoneout.rnn.sample_masks` exactly as :class:`zoneout.ZoneoutLSTM` draws them: keep masks
+        ``[T, B, H]`` in training (stochastic depth folded in), the expectation rates as floats in eval."""
+        return [
+            sample_masks(T, B, self.hidden_size, like, training=self.training, zoneout_h=self.zoneout_h,
+                         zoneout_c=self.zoneout_c, shared_mask=self.zoneout_shared_mask,
+                         recurrent_dropout=self.recurrent_dropout, stochastic_depth=self.stochastic_depth)
+            for _ in range(self.num_layers)
+        ]
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None,
-                _masks: Optional[Sequence[Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]]] = None):
-        """``_masks`` (tests only): per layer ``(keep_c, keep_h, update_mask)`` replacing the random draws."""
+                _masks: Optional[Sequence[SequenceMasks]] = None):
+        """``_masks`` (tests): one :class:`zoneout.rnn.SequenceMasks` per layer replacing the random draws."""
         x = input.transpose(0, 1) if self.batch_first else input
         T, B, _ = x.shape
         H = self.hidden_size
@@ -417,26 +384,21 @@ class BNLSTM(nn.Module):
             z = x.new_zeros(self.num_layers, B, H)
             hx = (z, z)
         h0, c0 = hx
-        p_c, p_h = self._rates()
-        fz = _functional_zoneout()
+        masks = self._sample_masks(T, B, x) if _masks is None else _masks
+        if len(masks) != self.num_layers:
+            raise ValueError(f"expected {self.num_layers} SequenceMasks (one per layer), got {len(masks)}")
         h_n, c_n = [], []
         cells_seq = None
         for l, cell in enumerate(self.cells):
-            if self.training:
-                keep_c, keep_h, update = _masks[l] if _masks is not None else self._draw_masks(T, B, x)
-            else:
-                keep_c = keep_h = update = None
-            use_c = p_c > 0
-            use_h = p_h > 0
+            keep_h, keep_c, update = masks[l]
+            keep_h, keep_c = _per_step(keep_h, T), _per_step(keep_c, T)
+            upd = _per_step(update, T)
             h, c = h0[l], c0[l]
             outs, cs = [], []
             for t, x_t in enumerate(x.unbind(0)):
-                h_new, c_new = cell(x_t, (h, c), t, None if update is None else update[t])
-                if use_c or keep_c is not None:
-                    c_new = _zoneout(c, c_new, p_c, self.training, None if keep_c is None else keep_c[t], fz)
-                if use_h or keep_h is not None:
-                    h_new = _zoneout(h, h_new, p_h, self.training, None if keep_h is None else keep_h[t], fz)
-                h, c = h_new, c_new
+                h_new, c_new = cell(x_t, (h, c), t, upd[t])
+                # the fresh (unzoned) c feeds h_new; the zoned c is carried (authors' pMNIST code)
+                h, c = mix(h, h_new, keep_h[t]), mix(c, c_new, keep_c[t])
                 outs.append(h)
                 cs.append(c)
             x = torch.stack(outs, 0)
@@ -446,7 +408,7 @@ class BNLSTM(nn.Module):
             c_n.append(c)
             if self.dropout > 0 and self.training and l < self.num_layers - 1:
                 x = nn.functional.dropout(x, self.dropout, training=True)
-        self.last_cell_sequence = cells_seq
+        self.last_cell_sequence = cells_seq if not self.batch_first or cells_seq is None else cells_seq.transpose(0, 1)
         out = x.transpose(0, 1) if self.batch_first else x
         return out, (torch.stack(h_n, 0), torch.stack(c_n, 0))
 
