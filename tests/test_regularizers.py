@@ -274,7 +274,7 @@ def test_bnlstm_zoneout_train_masks_and_eval_expectation():
 
 def test_bnlstm_shared_mask_and_rates():
     torch.manual_seed(0)
-    layer = BNLSTM(2, 64, zoneout_c=0.15, zoneout_h=0.9, zoneout_shared_mask=True)
+    layer = BNLSTM(2, 64, zoneout_c=0.15, zoneout_shared_mask=True)
     (m,) = layer._sample_masks(50, 32, torch.zeros(1))
     assert m.keep_c is m.keep_h and m.update is None and m.keep_c.shape == (50, 32, 64)
     # n = 102400, std error 0.0011; allow 0.01

@@ -327,8 +327,8 @@ class BNLSTM(nn.Module):
         Bernoulli mask, no rescaling; eval: ``p·prev + (1−p)·new``). The cell that is zoned out is the
         un-normalized ``c_t``; ``h_t`` is computed from the fresh ``c_t`` and then zoned out, as in the authors'
         pMNIST code.
-      * ``zoneout_shared_mask``: one mask for c and h (rate ``zoneout_c``) -- the paper's recurrent BN + zoneout
-        row (the authors' script passes the states mask for both).
+      * ``zoneout_shared_mask``: one mask for c and h (rate ``zoneout_c``; ``zoneout_h`` must be 0 or equal) --
+        the paper's recurrent BN + zoneout row (the authors' script passes the states mask for both).
       * ``recurrent_dropout``: DROP probability on the cell update σ(i)⊙tanh(g), inverted scaling in train.
       * ``stochastic_depth``: probability that a whole step is skipped (one Bernoulli per example and step,
         shared by all units of c and h), folded into the keep masks; eval rate ``1 − (1−p)(1−z)``.
@@ -349,6 +349,9 @@ class BNLSTM(nn.Module):
                 raise ValueError(f"{name} must lie in [0, 1], got {v}")
         if not 0.0 <= recurrent_dropout < 1.0:
             raise ValueError(f"recurrent_dropout must lie in [0, 1), got {recurrent_dropout}")
+        if zoneout_shared_mask and zoneout_h not in (0.0, zoneout_c):
+            raise ValueError(f"zoneout_shared_mask=True draws one mask at rate zoneout_c={zoneout_c} for c and h; "
+                             f"zoneout_h={zoneout_h} would be ignored. Set zoneout_h=0 or equal to zoneout_c.")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.batch_first, self.dropout = batch_first, float(dropout)
         self.zoneout_c, self.zoneout_h = float(zoneout_c), float(zoneout_h)
