@@ -105,9 +105,10 @@ def sample_masks(
         zoneout_h = zoneout_c
     if not training:
         z = stochastic_depth
-        rate_c = 1.0 - (1.0 - z) * (1.0 - zoneout_c)
-        rate_h = 1.0 - (1.0 - z) * (1.0 - zoneout_h)
-        return SequenceMasks(keep_h=rate_h, keep_c=rate_c, update=None)
+        if z > 0.0:
+            zoneout_c = 1.0 - (1.0 - z) * (1.0 - zoneout_c)
+            zoneout_h = 1.0 - (1.0 - z) * (1.0 - zoneout_h)
+        return SequenceMasks(keep_h=zoneout_h, keep_c=zoneout_c, update=None)
 
     def draw(p: float) -> Mask:
         return keep_mask((T, B, H), p, like) if 0.0 < p < 1.0 else p
