@@ -33,6 +33,7 @@ Regularizers that live inside the recurrence (paper §2.3 and §4.1 baselines):
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -233,19 +234,78 @@ _REFERENCE = {
 
 
 def _kernel_fn(kind: str, backend: str) -> Optional[Callable]:
-    """The fused ``zoneout.kernels.<kind>_sequence`` if usable for ``backend``, else None.
+    """The fused sequence function for ``kind`` if usable for ``backend``, else None.
 
-    Contract for ``zoneout.kernels``: ``lstm_sequence`` / ``gru_sequence`` / ``rnn_sequence`` with the
-    reference signatures above; ``"auto"`` uses them only when the module sets ``AUTO = True``.
+    Contract for ``zoneout.kernels`` (either form is picked up, no edit here needed):
+
+    - ``lstm_sequence`` / ``gru_sequence`` / ``rnn_sequence`` with exactly the reference signatures
+      above (masks as :class:`SequenceMasks` fields: tensor or float), or
+    - ``lstm_recurrence`` / ``gru_recurrence`` / ``rnn_recurrence`` with the kernels' own signature
+      ``(xw, h0, [c0,] w_hh, keep_[c|h]=Tensor|None, ..., update_mask, p_[c|h], training, b_hh)``,
+      adapted by ``_lstm_via_recurrence`` etc.
+
+    ``"auto"`` uses them only when the module sets ``AUTO = True`` (until then auto = reference);
+    any failure to import is swallowed for ``"auto"`` and reported for ``"fused"``.
     """
     try:
         kernels = importlib.import_module("zoneout.kernels")
-    except ImportError:
+    except Exception:  # noqa: BLE001 - a broken optional fast path must not break the layers
+        if backend == "fused":
+            raise
         return None
-    fn = getattr(kernels, f"{kind}_sequence", None)
     if backend == "auto" and not getattr(kernels, "AUTO", False):
         return None
+    fn = getattr(kernels, f"{kind}_sequence", None)
+    if fn is None and getattr(kernels, f"{kind}_recurrence", None) is not None:
+        fn = functools.partial(_ADAPTERS[kind], getattr(kernels, f"{kind}_recurrence"))
     return fn
+
+
+def _split_keep(keeps, T: int, B: int, H: int, like: Tensor):
+    """SequenceMasks keeps -> (training, [(mask or None, rate)]) for the kernels' recurrence API:
+    any tensor -> training mode with 0/1 masks (constant 0 -> None, constant 1 -> ones);
+    all floats -> eval mode with the floats as expectation rates."""
+    if any(isinstance(k, Tensor) for k in keeps):
+        out = []
+        for k in keeps:
+            if isinstance(k, Tensor):
+                out.append((k, 0.0))
+            elif k == 0.0:
+                out.append((None, 0.0))
+            else:  # a constant keep of 1 (rate 1) or any constant: a broadcast mask is exact
+                out.append((like.new_full((1, 1, 1), float(k)).expand(T, B, H), 0.0))
+        return True, out
+    return False, [(None, float(k)) for k in keeps]
+
+
+def _lstm_via_recurrence(rec, x_proj, h0, c0, w_hh, b_hh, keep_c=0.0, keep_h=0.0, update=None,
+                         return_cells=False):
+    """``lstm_sequence_reference``'s signature on top of ``zoneout.kernels.lstm_recurrence``."""
+    if return_cells:  # the kernels return no cell sequence: the reference records it
+        return lstm_sequence_reference(x_proj, h0, c0, w_hh, b_hh, keep_c, keep_h, update, True)
+    T, B, H = x_proj.shape[0], x_proj.shape[1], h0.shape[-1]
+    training, [(kc, pc), (kh, ph)] = _split_keep((keep_c, keep_h), T, B, H, x_proj)
+    out, h, c = rec(x_proj, h0, c0, w_hh, keep_c=kc, keep_h=kh, update_mask=update,
+                    p_c=pc, p_h=ph, training=training, b_hh=b_hh)
+    return out, h, c, None
+
+
+def _gru_via_recurrence(rec, x_proj, h0, w_hh, b_hh, keep_h=0.0, update=None):
+    """``gru_sequence_reference``'s signature on top of ``zoneout.kernels.gru_recurrence``."""
+    T, B, H = x_proj.shape[0], x_proj.shape[1], h0.shape[-1]
+    training, [(kh, ph)] = _split_keep((keep_h,), T, B, H, x_proj)
+    return rec(x_proj, h0, w_hh, keep_h=kh, update_mask=update, p_h=ph, training=training, b_hh=b_hh)
+
+
+def _rnn_via_recurrence(rec, x_proj, h0, w_hh, b_hh, keep_h=0.0, update=None, nonlinearity="tanh"):
+    """``rnn_sequence_reference``'s signature on top of ``zoneout.kernels.rnn_recurrence``."""
+    T, B, H = x_proj.shape[0], x_proj.shape[1], h0.shape[-1]
+    training, [(kh, ph)] = _split_keep((keep_h,), T, B, H, x_proj)
+    return rec(x_proj, h0, w_hh, keep_h=kh, update_mask=update, p_h=ph, training=training,
+               nonlinearity=nonlinearity, b_hh=b_hh)
+
+
+_ADAPTERS = {"lstm": _lstm_via_recurrence, "gru": _gru_via_recurrence, "rnn": _rnn_via_recurrence}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,8 +365,14 @@ class _ZoneoutRNNBase(nn.Module):
             )
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if backend == "fused" and _kernel_fn(self._kind, "fused") is None:
-            raise ValueError(f"backend='fused' needs zoneout.kernels.{self._kind}_sequence, which is not available")
+        if backend == "fused":
+            try:
+                fused = _kernel_fn(self._kind, "fused")
+            except Exception as exc:  # noqa: BLE001
+                raise ValueError(f"backend='fused': zoneout.kernels failed to import ({exc})") from exc
+            if fused is None:
+                raise ValueError(f"backend='fused' needs zoneout.kernels.{self._kind}_sequence "
+                                 f"(or {self._kind}_recurrence), which is not available")
         self.backend = backend
         self.nonlinearity = nonlinearity
         self.input_size = input_size
