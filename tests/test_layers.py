@@ -751,3 +751,20 @@ def test_auto_backend_is_reference_until_kernels_opt_in(monkeypatch):
     monkeypatch.setattr(kernels, "AUTO", True, raising=False)
     if rnn._kernel_fn("lstm", "fused") is not None:
         assert layer._sequence_fn() is not lstm_sequence_reference
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_reference_sequence_gradcheck_with_masks(training):
+    torch.manual_seed(0)
+    t, b, h = 3, 2, 3
+    x_proj = torch.randn(t, b, 4 * h, dtype=DT, requires_grad=True)
+    h0, c0 = (torch.randn(b, h, dtype=DT, requires_grad=True) for _ in range(2))
+    w_hh = torch.randn(4 * h, h, dtype=DT, requires_grad=True)
+    b_hh = torch.randn(4 * h, dtype=DT, requires_grad=True)
+    m = sample_masks(t, b, h, x_proj, training=training, zoneout_c=0.5, zoneout_h=0.3, recurrent_dropout=0.3)
+
+    def f(*args):
+        out, hn, cn, cells = lstm_sequence_reference(*args, m.keep_c, m.keep_h, m.update, True)
+        return out, hn, cn, cells
+
+    assert torch.autograd.gradcheck(f, (x_proj, h0, c0, w_hh, b_hh))

@@ -60,7 +60,12 @@ BACKENDS = ("auto", "reference", "fused")
 
 
 class SequenceMasks(NamedTuple):
-    """Every mask one layer direction uses over one sequence, in PROCESSING order of that call.
+    """Every mask one layer direction uses over one sequence.
+
+    Time order: the layer API (``_sample_masks`` / ``_forward(masks=...)``) holds them in the
+    input's time order (mask[t] acts at the step reading x[t], also for the reverse direction);
+    the layer flips reverse-direction masks (:meth:`flip`) together with ``x_proj``, so a sequence
+    function always receives them in its own processing order.
 
     keep_h, keep_c: keep masks, float tensors of 0/1, shape ``[T, B, H]``, contiguous, dtype and
         device of the input (training) — or a Python float in [0, 1] used at every step (eval
