@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoneout.data.batching import bptt_windows, num_windows
 from zoneout.metrics import LN2
 from zoneout.models import detach_hidden
 
@@ -122,23 +123,6 @@ def _progress(total: Optional[int], initial: int, enabled: bool, desc: str):
 
 # ------------------------------------------------------------------------------------ language models
 
-def _windows(batched: Tensor, seq_len: int) -> Iterator[Tuple[Tensor, Tensor]]:
-    try:
-        from zoneout.data.batching import bptt_windows
-    except ImportError:  # the data package is optional for plain-tensor use of the loop
-        bptt_windows = None
-    if bptt_windows is not None:
-        yield from bptt_windows(batched, seq_len)
-        return
-    for i in range(0, batched.size(0) - 1, seq_len):
-        T = min(seq_len, batched.size(0) - 1 - i)
-        yield batched[i:i + T], batched[i + 1:i + 1 + T]
-
-
-def num_windows(n_rows: int, seq_len: int) -> int:
-    return math.ceil((n_rows - 1) / seq_len)
-
-
 def train_lm_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batched: Tensor, seq_len: int,
                    state: LoopState, *, clip_grad_norm: Optional[float] = None,
                    max_steps: Optional[int] = None, device: Any = "cpu", metric: str = "bpc",
@@ -154,7 +138,8 @@ def train_lm_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batched: 
     bar = _progress(total, state.position, progress, f"epoch {state.epoch}")
     hidden = state.hidden
     try:
-        for x, y in itertools.islice(_windows(batched, seq_len), state.position, total):
+        for x, y in itertools.islice(bptt_windows(batched, seq_len, start=state.position * seq_len),
+                                      total - state.position):
             x, y = x.to(device), y.to(device)
             with model.weight_noise():
                 logits, hidden = model(x, hidden)
@@ -187,7 +172,7 @@ def evaluate_lm(model: nn.Module, batched: Tensor, seq_len: int, *, max_batches:
     """Mean NLL (nats/token) over ``batched [n_rows, B]``, carrying the hidden state across windows, eval mode."""
     model.eval()
     hidden, loss_sum, count = None, 0.0, 0
-    for x, y in itertools.islice(_windows(batched, seq_len), max_batches):
+    for x, y in itertools.islice(bptt_windows(batched, seq_len), max_batches):
         x, y = x.to(device), y.to(device)
         logits, hidden = model(x, hidden)
         loss_sum += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()

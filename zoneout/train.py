@@ -44,6 +44,7 @@ import torch
 
 from zoneout.checkpoint import (atomic_write_text, capture_rng_state, load_checkpoint, restore_rng_state,
                                 save_checkpoint)
+from zoneout.data.batching import batchify
 from zoneout.config import (SEQUENCE_CLASSIFICATION, ConfigError, TrainConfig, flatten, from_dict, validate,
                             validate_data_fit)
 from zoneout.engine import (DivergenceError, LoopState, build_optimizer, evaluate_classifier, evaluate_lm,
@@ -105,8 +106,9 @@ def load_data(cfg: TrainConfig) -> Data:
         splits = {"train": sd.train, "valid": sd.valid, "test": sd.test}
         if d.train_tokens:  # for classification: a prefix of the training examples
             splits["train"] = (sd.train[0][:d.train_tokens], sd.train[1][:d.train_tokens])
-        perm = getattr(sd, "permutation", None)
-        info = {"data_source": d.mnist_source, "permutation": None if perm is None else perm.tolist()}
+        perm = sd.permutation
+        info = {"data_source": sd.source, "data_label": sd.label,
+                "permutation": None if perm is None else perm.tolist()}
         return Data("classification", "error", splits, num_classes=int(sd.train[1].max()) + 1, info=info)
     from zoneout.data import load_corpus
     corpus = load_corpus(d.name, d.data_dir, download=False, mirror=d.mirror)
@@ -114,15 +116,6 @@ def load_data(cfg: TrainConfig) -> Data:
     info = {"data_variant": getattr(corpus, "variant", "standard"), "unit": corpus.unit}
     return Data("lm", corpus.metric, {"train": train, "valid": corpus.valid, "test": corpus.test},
                 vocab_size=len(corpus.vocab), info=info)
-
-
-def _batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
-    try:
-        from zoneout.data.batching import batchify
-    except ImportError:
-        n = ids.numel() // batch_size
-        return ids[:n * batch_size].view(batch_size, n).t().contiguous()
-    return batchify(ids, batch_size)
 
 
 def build_model(cfg: TrainConfig, data: Data) -> torch.nn.Module:
@@ -377,8 +370,8 @@ def run(cfg: TrainConfig, *, command: Optional[str] = None, overrides: Sequence[
 
         eval_bs = d.eval_batch_size or d.batch_size
         if data.kind == "lm":
-            train_b = _batchify(data.splits["train"], d.batch_size)
-            evals = {k: _batchify(data.splits[k], eval_bs) for k in ("valid", "test")}
+            train_b = batchify(data.splits["train"], d.batch_size)
+            evals = {k: batchify(data.splits[k], eval_bs) for k in ("valid", "test")}
 
             def evaluate(split: str, max_batches=t.max_eval_batches):
                 loss = evaluate_lm(model, evals[split], d.seq_len, max_batches=max_batches, device=device)
