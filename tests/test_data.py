@@ -9,7 +9,6 @@ import io
 import json
 import os
 import struct
-import subprocess
 import sys
 import tarfile
 import threading
@@ -77,7 +76,7 @@ class Server:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
     def add(self, path, body, **opt):
         self.routes[path], self.opts[path] = body, opt
@@ -433,26 +432,36 @@ def test_stale_cache_version_and_broken_cache_rebuilt(monkeypatch, tmp_path):
     assert not [p for p in cdir.parent.iterdir() if p.name.startswith(".tmp-")]
 
 
+def _prepare_in_child(data, f, go, q):
+    go.wait(10)
+    c = zd.load_corpus("text8", data, local_file=f)
+    q.put([os.getpid(), c.meta["built_by_pid"], len(c.train), int(c.train.sum())])
+
+
 def test_concurrent_preparation_two_processes(tmp_path):
+    import multiprocessing as mp
+    import time
+
     f = tmp_path / "t8"
     f.write_bytes(fake_text8(200_000))
     data = tmp_path / "data"
     lock = data / "text8" / "prepared" / f".text8-prefix-{sha(f.read_bytes())[:12]}.lock"
-    code = ("import sys, json, zoneout.data as zd; c = zd.load_corpus('text8', sys.argv[1], local_file=sys.argv[2]);"
-            "print(json.dumps([c.meta['built_by_pid'], len(c.train), int(c.train.sum())]))")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    with zcache.file_lock(lock):  # hold the lock so both processes start and queue on it at the same time
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(data), str(f)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, env=env, text=True) for _ in range(2)]
-        import time
-        time.sleep(1.5)
-    outs = []
+    ctx = mp.get_context("fork")  # forked children share the imported modules: no 2 s torch import each
+    go, q = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_prepare_in_child, args=(data, f, go, q)) for _ in range(2)]
     for p in procs:
-        out, err = p.communicate(timeout=60)
-        assert p.returncode == 0, err
-        outs.append(json.loads(out))
-    assert outs[0] == outs[1]  # built once, by one of them; the other read the finished cache
-    assert outs[0][0] in {p.pid for p in procs} and outs[0][1] == 200_000 - 2 * 10_000
+        p.start()
+    with zcache.file_lock(lock):  # both children start preparing at once and queue on the lock
+        go.set()
+        time.sleep(0.5)
+    outs = [q.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    builders = {o[1] for o in outs}
+    assert len(builders) == 1 and builders <= {p.pid for p in procs}  # built once; the other read the cache
+    assert outs[0][2:] == outs[1][2:] and outs[0][2] == 200_000 - 2 * 10_000
+    assert not [p for p in lock.parent.iterdir() if p.name.startswith(".tmp-")]
 
 
 # ------------------------------------------------------------------------------------------- MNIST

@@ -52,6 +52,9 @@ def atomic_write_text(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users of a shared data dir
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

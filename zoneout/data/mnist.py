@@ -66,12 +66,15 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def _build(src: Path, names, out: Path) -> dict:
+    """Decode the idx files once into uint8 .npy arrays (images [N, 784], labels [N])."""
+    items = {}
     for key, fname in names.items():
-        np.save(out / f"{key}.npy", read_idx(src / fname))
-    counts = {}
-    for s in ("train", "valid", "test"):  # prepare() wants split arrays; store split index ranges instead
+        arr = read_idx(src / fname)
+        np.save(out / f"{key}.npy", arr)
+        items[key] = int(arr.shape[0])
+    for s in ("train", "valid", "test"):  # the shared cache format wants these; splits are cut at load time
         np.save(out / f"{s}.npy", np.zeros(0, dtype=np.uint8))
-    return {"vocab": [], **counts}
+    return {"vocab": [], "items": items}
 
 
 def permutation(seed: int, n: int = 784) -> torch.Tensor:
