@@ -56,8 +56,9 @@ def keep_to_drop(p_keep: float) -> float:
     The original Theano scripts (github.com/teganmaharaj/zoneout) name every rate ``drop_prob_*`` but use it as
     the probability of UPDATING (keeping the new value of) a unit, e.g. ``--drop_prob_igates=0.7`` is recurrent
     dropout that keeps 70 % of the cell updates, i.e. ``recurrent_dropout=keep_to_drop(0.7) == 0.3`` here.
-    The conversion is symmetric (``keep_to_drop(keep_to_drop(p)) == p``) and rounded to 12 decimals so that
-    ``keep_to_drop(0.7)`` prints as 0.3.
+    The same complement maps their zoneout flags (``--drop_prob_cells=0.95`` = update probability 0.95) to this
+    repository's keep rates (``zoneout_c = 0.05``). The conversion is symmetric
+    (``keep_to_drop(keep_to_drop(p)) == p``) and rounded to 12 decimals so that ``keep_to_drop(0.7)`` prints as 0.3.
     """
     p_keep = float(p_keep)
     if not 0.0 <= p_keep <= 1.0:
@@ -301,8 +302,14 @@ class BNLSTMCell(nn.Module):
                 update_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """x: [B, I]; state (h, c): [B, H] each; t: time index for the BN statistics; update_mask: [B, H]
         multiplier on the cell update (recurrent dropout, already scaled). Returns the new (h, c), unzoned."""
+        return self.step_projected(x @ self.weight_ih.t(), state, t, update_mask)
+
+    def step_projected(self, xw: Tensor, state: Tuple[Tensor, Tensor], t: int,
+                       update_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """:meth:`forward` given the input projection ``xw = x @ weight_ih.T`` ([B, 4H]), so a layer can
+        project all timesteps in one matmul."""
         h, c = state
-        gates = self.bn_hh(h @ self.weight_hh.t(), t) + self.bn_ih(x @ self.weight_ih.t(), t)
+        gates = self.bn_hh(h @ self.weight_hh.t(), t) + self.bn_ih(xw, t)
         if self.bias is not None:
             gates = gates + self.bias
         i, f, g, o = gates.chunk(4, dim=1)
@@ -398,8 +405,9 @@ class BNLSTM(nn.Module):
             upd = _per_step(update, T)
             h, c = h0[l], c0[l]
             outs, cs = [], []
-            for t, x_t in enumerate(x.unbind(0)):
-                h_new, c_new = cell(x_t, (h, c), t, upd[t])
+            xw = x @ cell.weight_ih.t()  # all timesteps in one matmul; BN still per step
+            for t, xw_t in enumerate(xw.unbind(0)):
+                h_new, c_new = cell.step_projected(xw_t, (h, c), t, upd[t])
                 # the fresh (unzoned) c feeds h_new; the zoned c is carried (authors' pMNIST code)
                 h, c = mix(h, h_new, keep_h[t]), mix(c, c_new, keep_c[t])
                 outs.append(h)
