@@ -1,0 +1,219 @@
+#!/usr/bin/env python
+"""Reproduce one of the paper's tables end to end: prepare data -> Hydra multirun -> collect -> write the table.
+
+    python scripts/reproduce.py char_ptb --scale cpu            # 2 CPU cores, scaled down (see the sweep file)
+    python scripts/reproduce.py char_ptb --scale paper --seeds 1,2,3 -- hydra/launcher=submitit_slurm
+    python scripts/reproduce.py grid --scale cpu --dry-run       # print the commands, run nothing
+
+The sweep is ``configs/sweep/<table>.yaml``: its ``hydra.sweeper.params`` (rows in table order x seeds, and for
+the grid z_c x z_h) and, per scale, the overrides applied to every job. Every job gets a fixed run folder
+``<runs-root>/<scale>/<experiment>/seed<seed>`` (grid: ``.../grid/zc<z_c>_zh<z_h>/seed<seed>``), so re-running
+the command skips finished jobs and resumes interrupted ones (train.py resumes from a run folder's last.pt).
+Arguments after ``--`` go to Hydra unchanged (launcher, partition, any config key).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from zoneout import results  # noqa: E402  (no Hydra import in zoneout.results)
+
+LM_DATASETS = ("ptb_char", "ptb_word", "text8", "enwik8", "stdlib")
+DEFAULT_RUN_NAME = "${hydra:runtime.choices.experiment}/seed${seed}"
+
+
+def load_sweep_file(table: str, sweep_dir: Path) -> dict:
+    path = sweep_dir / f"{table}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in sweep_dir.glob("*.yaml")))
+        raise SystemExit(f"no sweep file {path}; tables: {known}")
+    return yaml.safe_load(path.read_text())
+
+
+def scale_spec(raw: dict, scale: str) -> dict:
+    scales = (raw.get("sweep") or {}).get("scales") or {}
+    if scale not in scales:
+        raise SystemExit(f"sweep {raw.get('sweep', {}).get('table')}: no scale {scale!r} (has {', '.join(scales)})")
+    return scales[scale] or {}
+
+
+def sweep_params(raw: dict, seeds: str | None, spec: dict | None = None) -> dict[str, list[str]]:
+    """hydra.sweeper.params as key -> list of values (comma lists split), updated by the scale's ``params``
+    (e.g. a smaller grid at CPU scale), seeds replaced when given."""
+    params = dict(((raw.get("hydra") or {}).get("sweeper") or {}).get("params") or {})
+    params.update((spec or {}).get("params") or {})
+    out = {str(k): [v.strip() for v in results._fmt_value(val).split(",") if v.strip()]
+           for k, val in params.items()}
+    if seeds:
+        out["seed"] = [s.strip() for s in seeds.split(",") if s.strip()]
+    return out
+
+
+def jobs_of(params: dict[str, list[str]]) -> list[dict[str, str]]:
+    """The cartesian product the basic sweeper runs, in its order (first key slowest)."""
+    keys = list(params)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(params[k] for k in keys))]
+
+
+def run_name(pattern: str, job: dict[str, str]) -> str:
+    """Evaluate the run-name pattern for one job, as Hydra will (only the interpolations we use)."""
+    name = pattern.replace("${hydra:runtime.choices.experiment}", job.get("experiment", ""))
+    for key, value in job.items():
+        name = name.replace("${" + key + "}", value)
+    if "${" in name:
+        raise SystemExit(f"run name pattern {pattern!r}: cannot evaluate {name!r}")
+    return name
+
+
+def job_status(run_dir: Path) -> str:
+    """'completed', 'failed', 'partial' (has a checkpoint to resume from) or 'missing'."""
+    m = run_dir / "metrics.json"
+    if m.is_file():
+        try:
+            return json.loads(m.read_text()).get("status", "completed")
+        except json.JSONDecodeError:
+            return "partial"
+    return "partial" if (run_dir / "last.pt").is_file() else "missing"
+
+
+def local_mirrors() -> list[str]:
+    """Offline copies next to the checkout (../shared/data and its sub-folders), when present."""
+    shared = ROOT.parent / "shared" / "data"
+    if not shared.is_dir():
+        return []
+    return [str(shared)] + [str(p) for p in sorted(shared.iterdir()) if p.is_dir()]
+
+
+def prepare_data(datasets: list[dict], data_dir: str | None, mirror: str | None) -> None:
+    """Download (mirror first), verify and prepare each corpus once, before the jobs start."""
+    from zoneout import data as zdata
+
+    mirrors = [m for m in (mirror or os.environ.get("ZONEOUT_MIRROR", "")).split(",") if m] + local_mirrors()
+    for spec in datasets:
+        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+        name = spec.pop("name")
+        print(f"[reproduce] data: {name} {spec or ''} (mirrors: {', '.join(mirrors) or 'none'})", flush=True)
+        if name in ("mnist", "fashion_mnist"):
+            d = zdata.load_mnist(name, data_dir, download=True, mirror=mirrors or None,
+                                 source=spec.get("mnist_source", "standard"), permute=spec.get("permute", False))
+            print(f"[reproduce]   {d.label if hasattr(d, 'label') else name}: "
+                  f"{len(d.train[1])}/{len(d.valid[1])}/{len(d.test[1])} examples", flush=True)
+        else:
+            c = zdata.load_corpus(name, data_dir, download=True, mirror=mirrors or None)
+            print(f"[reproduce]   {c.describe() if hasattr(c, 'describe') else name}", flush=True)
+
+
+def shell_quote(word: str) -> str:
+    """Quote for a POSIX shell, keeping Hydra's inner single quotes readable: "run_dir='a/\\${seed}'"."""
+    if "'" in word:
+        return '"' + "".join("\\" + ch if ch in '$"`\\' else ch for ch in word) + '"'
+    return shlex.quote(word)
+
+
+def build_command(table: str, scale: str, params: dict[str, list[str]], spec: dict, runs_root: str,
+                  pattern: str, extra: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "zoneout.train", "-m"]
+    cmd += [f"{k}={','.join(v)}" for k, v in params.items()]
+    cmd += [f"{k}={results._fmt_value(v)}" for k, v in (spec.get("overrides") or {}).items()]
+    base = f"{runs_root}/{scale}"
+    cmd += [f"++meta.scale={scale}",
+            f"run_dir='{base}/{pattern}'",
+            f"hydra.sweep.dir={base}", f"hydra.sweep.subdir='{pattern}'",
+            f"logger.group={table}-{scale}"]
+    return cmd + extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("table", help="char_ptb, word_ptb, text8, pmnist, enwik8 or grid (configs/sweep/<table>.yaml)")
+    p.add_argument("--scale", choices=("cpu", "paper"), default="cpu")
+    p.add_argument("--seeds", help="comma list replacing the sweep file's seeds, e.g. 1,2,3")
+    p.add_argument("--dry-run", action="store_true", help="print the data step and the Hydra command; run nothing")
+    p.add_argument("--runs-root", default="experiments/reproduce", help="run folders go to <root>/<scale>/...")
+    p.add_argument("--data-dir", default=None, help="default: $ZONEOUT_DATA or data/")
+    p.add_argument("--mirror", default=None, help="data mirror (http(s)://, file:// or a dir); also $ZONEOUT_MIRROR")
+    p.add_argument("--no-data", action="store_true", help="skip the data preparation step")
+    p.add_argument("--no-collect", action="store_true", help="do not regenerate results/ afterwards")
+    p.add_argument("--force", action="store_true", help="re-run jobs whose run folder already finished")
+    p.add_argument("--sweep-dir", default=str(ROOT / "configs" / "sweep"))
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--collect-from", default="experiments", help="run folders to collect (all tables)")
+    p.add_argument("--readme", default="README.md", help="README whose results block is regenerated ('' = none)")
+    args = p.parse_args(argv)
+
+    raw = load_sweep_file(args.table, Path(args.sweep_dir))
+    info = raw.get("sweep") or {}
+    spec = scale_spec(raw, args.scale)
+    params = sweep_params(raw, args.seeds, spec)
+    pattern = info.get("run_name", DEFAULT_RUN_NAME)
+    base = Path(args.runs_root) / args.scale
+
+    jobs = jobs_of(params)
+    todo, done = [], []
+    for job in jobs:
+        rd = base / run_name(pattern, job)
+        st = job_status(rd)
+        (done if st == "completed" and not args.force else todo).append((job, rd, st))
+    print(f"[reproduce] {args.table} at {args.scale} scale: {len(jobs)} jobs "
+          f"({len(done)} already completed, {len(todo)} to run)"
+          f" — {spec.get('hardware', '?')}, expected {spec.get('time', '?')}", flush=True)
+    for job, rd, st in todo:
+        print(f"[reproduce]   {st:9s} {rd}", flush=True)
+
+    datasets = spec.get("data", info.get("data", []))
+    if args.dry_run:
+        print(f"[reproduce] data: {datasets}")
+    elif not args.no_data and todo:
+        prepare_data(datasets, args.data_dir, args.mirror)
+
+    if todo:
+        # The basic sweeper runs a cartesian product: launch the finished-job-free sub-products.
+        # Simple rule: keep every row with at least one unfinished job (finished jobs inside it are skipped by
+        # train.py only if it resumes; so narrow the seeds to the union of unfinished seeds of those rows).
+        todo_params = dict(params)
+        for key in ("experiment", "seed"):
+            if key in params:
+                wanted = {job[key] for job, _, _ in todo}
+                todo_params[key] = [v for v in params[key] if v in wanted]
+        cmd = build_command(args.table, args.scale, todo_params, spec, args.runs_root, pattern, extra)
+        if args.data_dir:
+            cmd.append(f"data.data_dir={args.data_dir}")
+        print("[reproduce] python " + " ".join(shell_quote(c) for c in cmd[1:]), flush=True)
+        if args.dry_run:
+            return 0
+        rc = subprocess.call(cmd, cwd=os.getcwd())
+        if rc != 0:
+            print(f"[reproduce] the sweep exited with {rc}; collecting what finished", file=sys.stderr, flush=True)
+    elif args.dry_run:
+        return 0
+
+    if not args.no_collect:
+        readme = args.readme if args.readme and Path(args.readme).is_file() else None
+        written = results.write_results([args.collect_from], out_dir=args.results_dir, sweep_dir=args.sweep_dir,
+                                        readme=readme)
+        print(f"[reproduce] wrote {', '.join(str(w) for w in written)}", flush=True)
+    missing = [rd for _, rd, _ in todo if job_status(rd) != "completed"] if not args.dry_run else []
+    if missing:
+        print(f"[reproduce] {len(missing)} job(s) did not complete: " + ", ".join(map(str, missing)), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
