@@ -93,6 +93,15 @@ def server():
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
+    import requests
+
+    real_get = requests.get
+
+    def local_only(url, *a, **k):  # the suite must never reach the internet
+        assert url.startswith("http://127.0.0.1:"), f"test tried to reach {url}"
+        return real_get(url, *a, **k)
+
+    monkeypatch.setattr(requests, "get", local_only)
     monkeypatch.delenv("ZONEOUT_MIRROR", raising=False)
     monkeypatch.setenv("ZONEOUT_DATA", str(tmp_path / "data"))
 
@@ -245,6 +254,54 @@ def test_hand_filled_dir_accepted_and_bad_hand_file_rejected(monkeypatch, tmp_pa
     with pytest.raises(zd.DataError) as e:
         zd.load_corpus("ptb_char")
     assert "ptb.char.test.txt" in str(e.value) and "expected" in str(e.value) and "make data-ptb" in str(e.value)
+
+
+def test_stamp_from_other_expectations_is_not_trusted(monkeypatch, tmp_path):
+    files = ptb_files()
+    mirror = tmp_path / "m"
+    mirror.mkdir()
+    for n, b in files.items():
+        (mirror / n).write_bytes(b)
+    use_ptb(monkeypatch, files)
+    zd.download("ptb", mirror=mirror, offline=True, progress=False)
+    src = SOURCES["ptb"]
+    changed = tuple(dataclasses.replace(f, sha256="b" * 64) if f.name == "ptb.test.txt" else f for f in src.files)
+    monkeypatch.setitem(SOURCES, "ptb", dataclasses.replace(src, files=changed))
+    with pytest.raises(zd.DataError, match=r"ptb.test.txt: sha256 expected b{64}"):
+        zd.load_corpus("ptb_word")
+
+
+def test_registry_matches_the_facts_sheet():
+    assert set(zd.DATASETS) == {"ptb_char", "ptb_word", "text8", "enwik8", "mnist", "fashion_mnist", "stdlib"}
+    assert {k: v.metric for k, v in zd.DATASETS.items()} == {
+        "ptb_char": "bpc", "ptb_word": "ppl", "text8": "bpc", "enwik8": "bpc", "mnist": "error",
+        "fashion_mnist": "error", "stdlib": "bpc"}
+    assert zd.DATASETS["ptb_char"].make_target == "data-ptb" == zd.DATASETS["ptb_word"].make_target
+    assert zd.DATASETS["fashion_mnist"].make_target == "data-fashion-mnist"
+    e = SOURCES["enwik8"].files[0]
+    assert e.member_md5 == "a1fa5ffddb56f4953e226637dabbb36a" and "member_md5" not in e.member_soft
+    assert e.member_size == 10 ** 8 and {"size", "sha256"} <= e.soft
+    t = SOURCES["text8"].files[0]
+    assert t.sha256.startswith("a6640522") and "sha256" not in t.soft and "md5" in t.member_soft
+    assert zd.DATASETS["mnist"].urls[0] == "http://yann.lecun.com/exdb/mnist/train-images-idx3-ubyte.gz"
+    assert zd.DATASETS["ptb_word"].checksums["ptb.train.txt"]["sha256"].startswith("fcea919f")
+
+
+def test_killed_preparation_leaves_nothing_used(tmp_path):
+    from zoneout.data import corpus as zc
+
+    cdir = tmp_path / "prepared" / "x"
+    stale = cdir.parent / ".tmp-x-123abc"  # what a SIGKILLed build leaves behind
+    stale.mkdir(parents=True)
+    (stale / "train.npy").write_bytes(b"partial")
+
+    def boom(out):
+        np.save(out / "train.npy", np.zeros(3, np.uint8))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        zc.prepare(cdir, {"dataset": "x"}, boom)
+    assert not cdir.exists() and listing(cdir.parent) == [".x.lock"]
 
 
 def test_missing_data_names_make_target(tmp_path):

@@ -200,7 +200,8 @@ def _file_id(path: Path) -> dict:
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _cache_ok(cdir: Path, expect: dict) -> Optional[dict]:
+def _cache_ok(cdir: Path, expect: dict, extra: Sequence[str] = ()) -> Optional[dict]:
+    """The cache's meta if it is complete, of this PREP_VERSION and made from ``expect``; else None."""
     meta = read_json(cdir / "meta.json")
     if not meta or meta.get("prep_version") != cache.PREP_VERSION:
         return None
@@ -212,6 +213,11 @@ def _cache_ok(cdir: Path, expect: dict) -> Optional[dict]:
         except (OSError, ValueError):
             return None
         if arr.shape != (meta["counts"][s],):
+            return None
+    for name in extra:
+        try:
+            np.load(cdir / f"{name}.npy", mmap_mode="r")
+        except (OSError, ValueError):
             return None
     return meta
 
@@ -227,13 +233,13 @@ def _load_cached(cdir: Path, meta: dict, train_tokens: Optional[int]) -> Tuple[t
     return tuple(out)
 
 
-def prepare(cdir: Path, expect: dict, build: Callable[[Path], dict]) -> dict:
+def prepare(cdir: Path, expect: dict, build: Callable[[Path], dict], extra: Sequence[str] = ()) -> dict:
     """Return the cache's meta, building it under a lock if missing, stale (other PREP_VERSION/source) or broken."""
-    meta = _cache_ok(cdir, expect)
+    meta = _cache_ok(cdir, expect, extra)
     if meta:
         return meta
     with file_lock(cdir.parent / f".{cdir.name}.lock"):
-        meta = _cache_ok(cdir, expect)  # another process may have built it while we waited
+        meta = _cache_ok(cdir, expect, extra)  # another process may have built it while we waited
         if meta:
             return meta
         with staging_dir(cdir) as tmp:

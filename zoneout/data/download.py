@@ -170,24 +170,34 @@ def _stamp_path(dest: Path) -> Path:
     return dest / ".verified.json"
 
 
+def _spec_key(spec: FileSpec) -> str:
+    """Fingerprint of what a file was checked against: a stamp made under other expectations is not trusted."""
+    fields = (spec.size, spec.sha256, spec.md5, sorted(spec.soft), spec.kind, spec.member, spec.member_size,
+              spec.member_md5, spec.member_sha256, sorted(spec.member_soft), spec.gunzip_sha256)
+    return hashlib.sha256(repr(fields).encode()).hexdigest()[:16]
+
+
 def is_valid(path: Path, spec: FileSpec, source: SourceSpec, stamps: Optional[dict] = None) -> bool:
-    """True when ``path`` exists and passes verification (cached by size + mtime in ``.verified.json``)."""
+    """True when ``path`` exists and passes verification (cached by size + mtime in ``.verified.json``).
+    Raises DataError when it exists but fails."""
     if not path.is_file():
         return False
-    stamps = read_json(_stamp_path(path.parent)) or {} if stamps is None else stamps
+    if stamps is None:
+        stamps = read_json(_stamp_path(path.parent)) or {}
     st = path.stat()
     rec = stamps.get(spec.name)
-    if rec and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
+    if (rec and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns
+            and rec.get("checked_against") == _spec_key(spec)):
         return True
     rec = verify_file(path, spec, source)
-    rec["mtime_ns"] = st.st_mtime_ns
+    rec.update(mtime_ns=st.st_mtime_ns, checked_against=_spec_key(spec))
     stamps[spec.name] = rec
     return True
 
 
-def _record(dest: Path, path: Path, rec: dict) -> None:
+def _record(dest: Path, path: Path, rec: dict, spec: FileSpec) -> None:
     stamps = read_json(_stamp_path(dest)) or {}
-    rec = dict(rec, mtime_ns=path.stat().st_mtime_ns, size=path.stat().st_size)
+    rec = dict(rec, mtime_ns=path.stat().st_mtime_ns, size=path.stat().st_size, checked_against=_spec_key(spec))
     stamps[rec["name"]] = rec
     atomic_write_json(_stamp_path(dest), stamps)
 
@@ -195,8 +205,12 @@ def _record(dest: Path, path: Path, rec: dict) -> None:
 # ------------------------------------------------------------------------------------------ fetch
 def _mirrors(mirror) -> List[str]:
     items: List[str] = []
-    for m in ([mirror] if isinstance(mirror, str) else list(mirror or [])) + [os.environ.get("ZONEOUT_MIRROR", "")]:
-        items += [x.strip() for x in (m or "").replace(",", " ").split() if x.strip()]
+    given = [mirror] if isinstance(mirror, (str, os.PathLike)) else list(mirror or [])
+    for m in given + [os.environ.get("ZONEOUT_MIRROR", "")]:
+        if isinstance(m, os.PathLike):
+            items.append(os.fspath(m))
+        else:
+            items += [x.strip() for x in (m or "").replace(",", " ").split() if x.strip()]
     out = []
     for m in items:
         if "://" not in m:  # a plain directory path is a file:// mirror
@@ -317,7 +331,7 @@ def _extract_members(archive: Path, spec: FileSpec, wanted: Dict[str, FileSpec],
                 raise
             os.replace(tmp, dest / fname)
             rec["url"] = f"{archive.name}:{m.name}"
-            _record(dest, dest / fname, rec)
+            _record(dest, dest / fname, rec, fspec)
             placed.append(fname)
     return placed
 
@@ -349,7 +363,8 @@ def download(name: str, data_dir: Optional[PathLike] = None, mirror=None, *, fil
             except DataError as e:  # present but wrong (hand-filled or stale): report, replace if we can
                 errors.append(f"existing {dest / fname}: {e}")
             missing[fname] = fspec
-        atomic_write_json(_stamp_path(dest), stamps) if stamps else None
+        if stamps:
+            atomic_write_json(_stamp_path(dest), stamps)
         if not missing:
             return dest
 
@@ -367,7 +382,7 @@ def download(name: str, data_dir: Optional[PathLike] = None, mirror=None, *, fil
                     rec = _fetch_verified(urls_for(arch), apath, arch, source, progress, errors)
                     if rec is None:
                         continue
-                    _record(dest, apath, rec)
+                    _record(dest, apath, rec, arch)
                 for placed in _extract_members(apath, arch, missing, dest, source, errors):
                     missing.pop(placed, None)
 
@@ -376,7 +391,7 @@ def download(name: str, data_dir: Optional[PathLike] = None, mirror=None, *, fil
             rec = _fetch_verified(_mirror_urls(mirrors, source, fname), dest / fname, missing[fname], source,
                                   progress, errors)
             if rec:
-                _record(dest, dest / fname, rec)
+                _record(dest, dest / fname, rec, missing[fname])
                 missing.pop(fname)
         if missing and mirrors:
             _try_archives(lambda a: _mirror_urls(mirrors, source, a.name))
@@ -385,7 +400,7 @@ def download(name: str, data_dir: Optional[PathLike] = None, mirror=None, *, fil
             for fname in list(missing):
                 rec = _fetch_verified(missing[fname].urls, dest / fname, missing[fname], source, progress, errors)
                 if rec:
-                    _record(dest, dest / fname, rec)
+                    _record(dest, dest / fname, rec, missing[fname])
                     missing.pop(fname)
         if missing:
             tried = "\n  ".join(errors[-12:]) or "(no mirror given and offline)"

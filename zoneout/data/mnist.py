@@ -99,9 +99,9 @@ def load_mnist(name: str = "mnist", data_dir: Optional[PathLike] = None, downloa
         parts.update(train_images="train-images-idx3-ubyte.gz", train_labels="train-labels-idx1-ubyte.gz")
     cdir = root / src_spec.dirname / "prepared" / ("images" if source == "standard" else "test_images")
     expect = {"dataset": name, "variant": source, "parts": sorted(parts)}
-    if _cache_ok(cdir, expect) is None:
+    if _cache_ok(cdir, expect, extra=list(parts)) is None:
         src = ensure_files(src_spec, list(parts.values()), root, download, mirror, dataset=name)
-        prepare(cdir, expect, lambda out: _build(src, parts, out))
+        prepare(cdir, expect, lambda out: _build(src, parts, out), extra=list(parts))
     arrs = {k: np.load(cdir / f"{k}.npy") for k in parts}
     if source == "standard":
         tx, ty, sx, sy = arrs["train_images"], arrs["train_labels"], arrs["test_images"], arrs["test_labels"]

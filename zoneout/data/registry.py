@@ -76,6 +76,14 @@ class DatasetSpec:
         return tuple(u for f in self.source_spec.files for u in f.urls) if self.source else ()
 
     @property
+    def checksums(self) -> dict:
+        """file name -> {size, sha256, md5, unconfirmed} of the raw files this dataset reads."""
+        if not self.source:
+            return {}
+        return {f.name: {"size": f.size, "sha256": f.sha256, "md5": f.md5, "unconfirmed": sorted(f.soft)}
+                for f in self.source_spec.files if f.name in self.files}
+
+    @property
     def source_spec(self) -> SourceSpec:
         return SOURCES[self.source]
 
