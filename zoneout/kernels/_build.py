@@ -1,0 +1,76 @@
+"""Compile-on-first-use of the C++ CPU kernels (``csrc/zoneout_cpu.cpp``).
+
+``torch.utils.cpp_extension.load`` builds into a cache directory (``$TORCH_EXTENSIONS_DIR`` or
+``~/.cache/torch_extensions``) and reuses the build while the source and flags are unchanged, so
+only the first use pays the ~30-60 s compile. Nothing is built at import time. If the build fails
+(no compiler, no ninja, read-only cache), :func:`load` warns ONCE and returns None; callers then use
+the pure-PyTorch path in :mod:`zoneout.kernels.fused`.
+
+Environment: ``ZONEOUT_NO_EXT=1`` skips the build entirely (pure-PyTorch path, no warning).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import warnings
+from pathlib import Path
+
+_SRC = Path(__file__).parent / "csrc" / "zoneout_cpu.cpp"
+_HDR = Path(__file__).parent / "csrc" / "pointwise.h"
+_lock = threading.Lock()
+_state = {"tried": False, "module": None, "error": None}
+
+
+def _cpu_flags() -> list:
+    """-O3 without trapping math (lets GCC vectorise the activations), AVX2/FMA when this CPU has them.
+
+    The build directory name hashes the sources and these flags, so a changed CPU or source rebuilds.
+    """
+    flags = ["-O3", "-fno-trapping-math", "-fno-math-errno"]
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        words = set(next((line for line in text.splitlines() if line.startswith("flags")), "").split())
+        if {"avx2", "fma"} <= words:
+            flags += ["-mavx2", "-mfma"]
+    except OSError:
+        pass
+    return flags
+
+
+def load(verbose: bool = False):
+    """Return the compiled extension module, building it on first call; None when unavailable."""
+    if _state["tried"]:
+        return _state["module"]
+    with _lock:
+        if _state["tried"]:
+            return _state["module"]
+        _state["tried"] = True
+        if os.environ.get("ZONEOUT_NO_EXT", "") not in ("", "0"):
+            _state["error"] = "disabled by ZONEOUT_NO_EXT"
+            return None
+        flags = _cpu_flags()
+        tag = hashlib.sha1(_SRC.read_bytes() + _HDR.read_bytes() + " ".join(flags).encode()).hexdigest()[:10]
+        try:
+            from torch.utils import cpp_extension
+
+            _state["module"] = cpp_extension.load(
+                name=f"zoneout_cpu_{tag}",
+                sources=[str(_SRC)],
+                extra_cflags=flags,
+                verbose=verbose,
+            )
+        except Exception as exc:  # compiler/ninja missing, build error, unwritable cache
+            _state["error"] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(
+                "zoneout: could not build the C++ kernels, using the slower pure-PyTorch fused path "
+                f"({_state['error'].splitlines()[0][:200]})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return _state["module"]
+
+
+def error():
+    """Why the extension is unavailable (None if it loaded or was never tried)."""
+    return _state["error"]

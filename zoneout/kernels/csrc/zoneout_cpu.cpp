@@ -1,0 +1,337 @@
+// Fused zoneout recurrences for CPU (Krueger et al., ICLR 2017, §3).
+//
+// One call runs a whole sequence of one layer/direction: the time loop lives here, each step is
+// one GEMM (h_{t-1} @ W_hh^T, written straight into the saved gate buffer) and one fused pointwise
+// pass (activations, cell update, zoneout mix). The backward pass is hand-written BPTT; the weight
+// gradient dW_hh = sum_t dG_t^T h_{t-1} is ONE large GEMM over [T*B] after the loop.
+//
+// Zoneout factor per step ("a" below): the 0/1 keep mask in training, the keep rate p in eval
+// (the expectation), 0 when there is no zoneout. state_t = a*prev + (1-a)*new, the same two-product
+// form as zoneout.functional.mix, so a 0/1 mask is bit-exact.
+//
+// Layouts (all contiguous, row-major): xw [T,B,G*H], masks [T,B,H], w_hh [G*H,H], states [B,H].
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "pointwise.h"
+
+namespace {
+
+using namespace zoneout_pw;
+using at::Tensor;
+using c10::optional;
+
+// Row source for the pointwise kernels: rows of a [T,B,H] mask, or one constant row (rate, 0 or 1)
+// when there is no mask, so the kernels never branch on "is there a mask".
+template <typename scalar_t>
+struct Rows {
+  const scalar_t* base = nullptr;
+  std::vector<scalar_t> fill;
+  int64_t B = 0, H = 0;
+  inline const scalar_t* row(int64_t t, int64_t b) const { return base ? base + (t * B + b) * H : fill.data(); }
+};
+
+template <typename scalar_t>
+Rows<scalar_t> make_rows(const optional<Tensor>& mask, double value, int64_t B, int64_t H) {
+  Rows<scalar_t> r;
+  r.B = B;
+  r.H = H;
+  if (mask.has_value() && mask->defined()) r.base = mask->data_ptr<scalar_t>();
+  else r.fill.assign(H, static_cast<scalar_t>(value));
+  return r;
+}
+
+// Zoneout factor: training uses the mask (no mask = no zoneout), eval the rate (the expectation).
+template <typename scalar_t>
+Rows<scalar_t> make_keep(const optional<Tensor>& mask, double p, bool training, int64_t B, int64_t H) {
+  return training ? make_rows<scalar_t>(mask, 0.0, B, H) : make_rows<scalar_t>(optional<Tensor>(), p, B, H);
+}
+
+// Pointwise work per step is parallelised over batch rows only when it is big enough to pay for
+// the fork/join (measured: ~32k elements per step on a 2-core EPYC).
+inline int64_t grain_rows(int64_t H) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(H, 1)); }
+
+// =============================================================================================
+// LSTM
+// =============================================================================================
+
+// Returns {hs [T,B,H], cs [T,B,H], gates [T,B,4H] activated, tanh(c_new) [T,B,H]}; with
+// save=false the last two are one-step scratch buffers and cs holds only the last two steps.
+std::vector<Tensor> lstm_forward(const Tensor& xw, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                                 const optional<Tensor>& keep_c, const optional<Tensor>& keep_h,
+                                 const optional<Tensor>& update, double p_c, double p_h, bool training,
+                                 bool save) {
+  const int64_t T = xw.size(0), B = xw.size(1), H = h0.size(1);
+  auto hs = at::empty({T, B, H}, xw.options());
+  auto cs = at::empty({save ? T : 2, B, H}, xw.options());
+  auto G = at::empty({save ? T : 1, B, 4 * H}, xw.options());
+  auto TC = at::empty({save ? T : 1, B, H}, xw.options());
+  const auto wT = w_hh.t();
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "zoneout_lstm_forward", [&] {
+    auto kc = make_keep<scalar_t>(keep_c, p_c, training, B, H);
+    auto kh = make_keep<scalar_t>(keep_h, p_h, training, B, H);
+    auto uu = make_rows<scalar_t>(update, 1.0, B, H);
+    Tensor h_prev = h0, c_prev = c0;
+    for (int64_t t = 0; t < T; ++t) {
+      Tensor g = G[save ? t : 0];
+      at::addmm_out(g, xw[t], h_prev, wT);
+      Tensor c_t = cs[save ? t : (t & 1)];
+      Tensor h_t = hs[t];
+      scalar_t* gp = g.data_ptr<scalar_t>();
+      const scalar_t* cpp = c_prev.data_ptr<scalar_t>();
+      const scalar_t* hpp = h_prev.data_ptr<scalar_t>();
+      scalar_t* cop = c_t.data_ptr<scalar_t>();
+      scalar_t* hop = h_t.data_ptr<scalar_t>();
+      scalar_t* tcp = TC[save ? t : 0].data_ptr<scalar_t>();
+      at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          lstm_fwd_point<scalar_t>(gp + b * 4 * H, cpp + b * H, cop + b * H, hpp + b * H, hop + b * H,
+                                   tcp + b * H, kc.row(t, b),
+                                   kh.row(t, b), uu.row(t, b), H);
+        }
+      });
+      h_prev = h_t;
+      c_prev = c_t;
+    }
+  });
+  return {hs, cs, G, TC};
+}
+
+
+// Returns {dxw [T,B,4H], dh0, dc0, dw_hh [4H,H]}.
+std::vector<Tensor> lstm_backward(const Tensor& dhs, const Tensor& dhT, const Tensor& dcT, const Tensor& h0,
+                                  const Tensor& c0, const Tensor& w_hh, const Tensor& hs, const Tensor& cs,
+                                  const Tensor& G, const Tensor& TC, const optional<Tensor>& keep_c,
+                                  const optional<Tensor>& keep_h, const optional<Tensor>& update, double p_c,
+                                  double p_h, bool training) {
+  const int64_t T = G.size(0), B = G.size(1), H = h0.size(1);
+  auto dG = at::empty({T, B, 4 * H}, G.options());
+  auto dh = dhT.clone();  // carry: gradient w.r.t. h_t arriving from step t+1
+  auto dc = dcT.clone();
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "zoneout_lstm_backward", [&] {
+    auto kc = make_keep<scalar_t>(keep_c, p_c, training, B, H);
+    auto kh = make_keep<scalar_t>(keep_h, p_h, training, B, H);
+    auto uu = make_rows<scalar_t>(update, 1.0, B, H);
+    scalar_t* dhp = dh.data_ptr<scalar_t>();
+    scalar_t* dcp = dc.data_ptr<scalar_t>();
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const scalar_t* gp = G[t].data_ptr<scalar_t>();
+      const scalar_t* tcp = TC[t].data_ptr<scalar_t>();
+      const scalar_t* cpp = (t > 0 ? cs[t - 1] : c0).data_ptr<scalar_t>();
+      const scalar_t* dhsp = dhs[t].data_ptr<scalar_t>();
+      Tensor dG_t = dG[t];
+      scalar_t* dGp = dG_t.data_ptr<scalar_t>();
+      at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          lstm_bwd_point<scalar_t>(gp + b * 4 * H, tcp + b * H, cpp + b * H, dhsp + b * H, dhp + b * H,
+                                   dcp + b * H, dGp + b * 4 * H, kc.row(t, b),
+                                   kh.row(t, b), uu.row(t, b), H);
+        }
+      });
+      dh.addmm_(dG_t, w_hh);
+    }
+  });
+  // dW_hh = sum_t dG_t^T h_{t-1}: one GEMM over the T*B rows (h_{-1} = h0).
+  auto dG2 = dG.view({T * B, 4 * H});
+  auto dw = at::mm(dG2.narrow(0, 0, B).t(), h0);
+  if (T > 1) dw.addmm_(dG2.narrow(0, B, (T - 1) * B).t(), hs.view({T * B, H}).narrow(0, 0, (T - 1) * B));
+  return {dG, dh, dc, dw};
+}
+
+// =============================================================================================
+// GRU (torch's: n = tanh(xn + r * (W_hn h + b_hn)), h_new = (1-z)*n + z*h)
+// =============================================================================================
+
+// Returns {hs [T,B,H], HH [T,B,3H] = (r, z, W_hn h + b_hn), N [T,B,H] = n before update mask}.
+std::vector<Tensor> gru_forward(const Tensor& xw, const Tensor& h0, const Tensor& w_hh, const optional<Tensor>& b_hh,
+                                const optional<Tensor>& keep_h, const optional<Tensor>& update, double p_h,
+                                bool training, bool save) {
+  const int64_t T = xw.size(0), B = xw.size(1), H = h0.size(1);
+  auto hs = at::empty({T, B, H}, xw.options());
+  auto HH = at::empty({save ? T : 1, B, 3 * H}, xw.options());
+  auto N = at::empty({save ? T : 1, B, H}, xw.options());
+  const auto wT = w_hh.t();
+  const bool has_b = b_hh.has_value() && b_hh->defined();
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "zoneout_gru_forward", [&] {
+    auto kh = make_keep<scalar_t>(keep_h, p_h, training, B, H);
+    auto uu = make_rows<scalar_t>(update, 1.0, B, H);
+    Tensor h_prev = h0;
+    for (int64_t t = 0; t < T; ++t) {
+      Tensor hh = HH[save ? t : 0];
+      if (has_b) at::addmm_out(hh, *b_hh, h_prev, wT); else at::mm_out(hh, h_prev, wT);
+      Tensor h_t = hs[t];
+      const scalar_t* xp = xw[t].data_ptr<scalar_t>();
+      scalar_t* hhp = hh.data_ptr<scalar_t>();
+      scalar_t* np_ = N[save ? t : 0].data_ptr<scalar_t>();
+      const scalar_t* hpp = h_prev.data_ptr<scalar_t>();
+      scalar_t* hop = h_t.data_ptr<scalar_t>();
+      at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          gru_fwd_point<scalar_t>(xp + b * 3 * H, hhp + b * 3 * H, np_ + b * H, hpp + b * H, hop + b * H,
+                                  kh.row(t, b), uu.row(t, b), H);
+        }
+      });
+      h_prev = h_t;
+    }
+  });
+  return {hs, HH, N};
+}
+
+
+// Returns {dxw [T,B,3H], dh0, dw_hh [3H,H], db_hh [3H]}.
+std::vector<Tensor> gru_backward(const Tensor& dhs, const Tensor& dhT, const Tensor& h0, const Tensor& w_hh,
+                                 const Tensor& hs, const Tensor& HH, const Tensor& N,
+                                 const optional<Tensor>& keep_h, const optional<Tensor>& update, double p_h,
+                                 bool training) {
+  const int64_t T = HH.size(0), B = HH.size(1), H = h0.size(1);
+  auto dX = at::empty({T, B, 3 * H}, HH.options());
+  auto dHH = at::empty({T, B, 3 * H}, HH.options());
+  auto dh = dhT.clone();
+  AT_DISPATCH_FLOATING_TYPES(HH.scalar_type(), "zoneout_gru_backward", [&] {
+    auto kh = make_keep<scalar_t>(keep_h, p_h, training, B, H);
+    auto uu = make_rows<scalar_t>(update, 1.0, B, H);
+    scalar_t* dhp = dh.data_ptr<scalar_t>();
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const scalar_t* hhp = HH[t].data_ptr<scalar_t>();
+      const scalar_t* np_ = N[t].data_ptr<scalar_t>();
+      const scalar_t* hpp = (t > 0 ? hs[t - 1] : h0).data_ptr<scalar_t>();
+      const scalar_t* dhsp = dhs[t].data_ptr<scalar_t>();
+      scalar_t* dxp = dX[t].data_ptr<scalar_t>();
+      Tensor dhh_t = dHH[t];
+      scalar_t* dhhp = dhh_t.data_ptr<scalar_t>();
+      at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          gru_bwd_point<scalar_t>(hhp + b * 3 * H, np_ + b * H, hpp + b * H, dhsp + b * H, dhp + b * H,
+                                  dxp + b * 3 * H, dhhp + b * 3 * H, kh.row(t, b),
+                                  uu.row(t, b), H);
+        }
+      });
+      dh.addmm_(dhh_t, w_hh);
+    }
+  });
+  auto dHH2 = dHH.view({T * B, 3 * H});
+  auto dw = at::mm(dHH2.narrow(0, 0, B).t(), h0);
+  if (T > 1) dw.addmm_(dHH2.narrow(0, B, (T - 1) * B).t(), hs.view({T * B, H}).narrow(0, 0, (T - 1) * B));
+  auto db = dHH2.sum(0);
+  return {dX, dh, dw, db};
+}
+
+// =============================================================================================
+// Elman RNN: h_new = act(xw + W_hh h) * update
+// =============================================================================================
+
+// Returns {hs [T,B,H], A [T,B,H] = act(pre)}.
+std::vector<Tensor> rnn_forward(const Tensor& xw, const Tensor& h0, const Tensor& w_hh,
+                                const optional<Tensor>& keep_h, const optional<Tensor>& update, double p_h,
+                                bool training, bool relu, bool save) {
+  const int64_t T = xw.size(0), B = xw.size(1), H = h0.size(1);
+  auto hs = at::empty({T, B, H}, xw.options());
+  auto A = at::empty({save ? T : 1, B, H}, xw.options());
+  const auto wT = w_hh.t();
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "zoneout_rnn_forward", [&] {
+    auto kh = make_keep<scalar_t>(keep_h, p_h, training, B, H);
+    auto uu = make_rows<scalar_t>(update, 1.0, B, H);
+    Tensor h_prev = h0;
+    for (int64_t t = 0; t < T; ++t) {
+      Tensor a = A[save ? t : 0];
+      at::addmm_out(a, xw[t], h_prev, wT);
+      Tensor h_t = hs[t];
+      scalar_t* ap = a.data_ptr<scalar_t>();
+      const scalar_t* hpp = h_prev.data_ptr<scalar_t>();
+      scalar_t* hop = h_t.data_ptr<scalar_t>();
+      at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          (relu ? rnn_fwd_point<scalar_t, true> : rnn_fwd_point<scalar_t, false>)(ap + b * H, hpp + b * H, hop + b * H, kh.row(t, b),
+                                  uu.row(t, b), H);
+        }
+      });
+      h_prev = h_t;
+    }
+  });
+  return {hs, A};
+}
+
+
+// Returns {dxw [T,B,H], dh0, dw_hh [H,H]}.
+std::vector<Tensor> rnn_backward(const Tensor& dhs, const Tensor& dhT, const Tensor& h0, const Tensor& w_hh,
+                                 const Tensor& hs, const Tensor& A, const optional<Tensor>& keep_h,
+                                 const optional<Tensor>& update, double p_h, bool training, bool relu) {
+  const int64_t T = A.size(0), B = A.size(1), H = h0.size(1);
+  auto dP = at::empty({T, B, H}, A.options());
+  auto dh = dhT.clone();
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "zoneout_rnn_backward", [&] {
+    auto kh = make_keep<scalar_t>(keep_h, p_h, training, B, H);
+    auto uu = make_rows<scalar_t>(update, 1.0, B, H);
+    scalar_t* dhp = dh.data_ptr<scalar_t>();
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const scalar_t* ap = A[t].data_ptr<scalar_t>();
+      const scalar_t* dhsp = dhs[t].data_ptr<scalar_t>();
+      Tensor dp_t = dP[t];
+      scalar_t* dpp = dp_t.data_ptr<scalar_t>();
+      at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          (relu ? rnn_bwd_point<scalar_t, true> : rnn_bwd_point<scalar_t, false>)(ap + b * H, dhsp + b * H, dhp + b * H, dpp + b * H, kh.row(t, b), uu.row(t, b), H);
+        }
+      });
+      dh.addmm_(dp_t, w_hh);
+    }
+  });
+  auto dP2 = dP.view({T * B, H});
+  auto dw = at::mm(dP2.narrow(0, 0, B).t(), h0);
+  if (T > 1) dw.addmm_(dP2.narrow(0, B, (T - 1) * B).t(), hs.view({T * B, H}).narrow(0, 0, (T - 1) * B));
+  return {dP, dh, dw};
+}
+
+// =============================================================================================
+// Keep masks: Bernoulli(p) as float 0/1, from a counter-based hash (two rounds of Wellons'
+// lowbias32) keyed by a 64-bit seed that the caller draws from torch's global generator. ~20x
+// faster than bernoulli_ and the hash loop vectorises; same seed -> same mask.
+// =============================================================================================
+inline uint32_t lowbias32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352dU;
+  x ^= x >> 15;
+  x *= 0x846ca68bU;
+  x ^= x >> 16;
+  return x;
+}
+
+template <typename scalar_t>
+void fill_keep(scalar_t* __restrict out, int64_t begin, int64_t end, uint32_t s1, uint32_t s2, uint32_t thr) {
+  for (int64_t i = begin; i < end; ++i) {
+    uint32_t h = lowbias32(lowbias32(static_cast<uint32_t>(i) ^ s1) + s2);
+    out[i] = (h >> 8) < thr ? scalar_t(1) : scalar_t(0);
+  }
+}
+
+Tensor keep_mask(at::IntArrayRef shape, double p, int64_t seed, const Tensor& like) {
+  auto out = at::empty(shape, like.options());
+  const int64_t n = out.numel();
+  TORCH_CHECK(n < (int64_t(1) << 32), "zoneout keep_mask: at most 2^32 elements per call");
+  // P(keep) = thr / 2^24 with thr = round(p * 2^24): exact for p in {0, 1}, else within 3e-8.
+  const uint32_t thr = static_cast<uint32_t>(std::llround(p * 16777216.0));
+  const uint64_t useed = static_cast<uint64_t>(seed);
+  const uint32_t s1 = static_cast<uint32_t>(useed), s2 = static_cast<uint32_t>(useed >> 32);
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "zoneout_keep_mask", [&] {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, n, 65536, [&](int64_t b, int64_t e) { fill_keep<scalar_t>(o, b, e, s1, s2, thr); });
+  });
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("lstm_forward", &lstm_forward);
+  m.def("lstm_backward", &lstm_backward);
+  m.def("gru_forward", &gru_forward);
+  m.def("gru_backward", &gru_backward);
+  m.def("rnn_forward", &rnn_forward);
+  m.def("rnn_backward", &rnn_backward);
+  m.def("keep_mask", &keep_mask);
+}
