@@ -4,6 +4,7 @@
     python scripts/download_data.py {ptb,text8,enwik8,mnist,fashion_mnist,stdlib,all} [--mirror URL] [--data-dir DIR]
 
 Offline PTB from a local copy:  python scripts/download_data.py ptb --mirror file://$PWD/../shared/data/ptb
+A local enwik8 prefix:          python scripts/download_data.py enwik8 --local-file ../shared/data/enwik8/enwik8.first4154399bytes
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def main(argv=None) -> int:
     p.add_argument("--offline", action="store_true", help="only try the mirrors, never the canonical URLs")
     p.add_argument("--mnist-source", choices=["standard", "test_split"], default="standard",
                    help="test_split: only the 10k test images are needed (8k/1k/1k; NOT the standard split)")
+    p.add_argument("--local-file", default=None,
+                   help="text8/enwik8: prepare this local raw file (e.g. a real prefix) with the 90/5/5 rule instead "
+                        "of downloading; labelled variant=prefix")
     args = p.parse_args(argv)
     root = resolve_data_dir(args.data_dir)
     names = GROUPS.get(args.name, [args.name])
@@ -38,6 +42,12 @@ def main(argv=None) -> int:
         spec = DATASETS[name]
         t0 = time.time()
         try:
+            if args.local_file:
+                if name not in ("text8", "enwik8"):
+                    p.error("--local-file works for text8 and enwik8 only")
+                c = load_corpus(name, root, local_file=args.local_file)
+                print(f"{c.describe()} [{time.time() - t0:.1f}s]")
+                continue
             if spec.source and not (spec.unit == "pixel" and args.mnist_source == "test_split"):
                 d = download(name, root, args.mirror, offline=args.offline)
                 for f in spec.files:
