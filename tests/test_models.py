@@ -7,6 +7,8 @@ from torch import nn
 
 from zoneout.models import LanguageModel, SequenceClassifier, count_parameters, detach_hidden
 
+torch.set_num_threads(1)
+
 V, H = 11, 8
 
 
