@@ -61,6 +61,8 @@ class Server:
                 self.send_response(status)
                 self.send_header("Content-Type", opt.get("content_type", "application/octet-stream"))
                 self.send_header("Content-Length", str(len(body) - start))
+                for k, v in opt.get("headers", {}).items():
+                    self.send_header(k, v)
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 self.end_headers()
@@ -568,8 +570,8 @@ def test_mnist_splits_scaling_and_true_permutation(server, monkeypatch):
 
 def test_mnist_test_split_needs_only_test_files(server, monkeypatch):
     files, (tx, ty, sx, sy) = fake_mnist(n_test=50)
-    for n in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        server.add("/m/" + n, files[n])
+    for n in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):  # as some S3 buckets serve .gz:
+        server.add("/m/" + n, files[n], headers={"Content-Encoding": "gzip"})  # must be stored undecoded
     use_mnist(monkeypatch, "mnist", files, server.url + "/m")
     monkeypatch.setattr(zmnist, "TEST_SPLIT_SIZES", (40, 5, 5))
     s = zd.load_mnist("mnist", download=True, source="test_split")

@@ -266,7 +266,9 @@ def _fetch(url: str, part: Path, progress: bool, label: str) -> None:
         total = pos + int(length) if length is not None else None
         with open(part, mode) as fo, tqdm(total=total, initial=pos, unit="B", unit_scale=True, desc=label,
                                           disable=None if progress else True, leave=False) as bar:
-            for block in r.iter_content(1 << 16):  # small: an interrupted read keeps most bytes
+            # raw bytes as served (a .gz sent with Content-Encoding: gzip must not be decoded); small blocks so an
+            # interrupted read keeps most of what arrived
+            for block in r.raw.stream(1 << 16, decode_content=False):
                 fo.write(block)
                 bar.update(len(block))
     if total is not None and part.stat().st_size != total:
