@@ -130,7 +130,9 @@ def build_command(table: str, scale: str, params: dict[str, list[str]], spec: di
     cmd += [f"++meta.scale={scale}",
             f"run_dir='{base}/{pattern}'",
             f"hydra.sweep.dir={base}", f"hydra.sweep.subdir='{pattern}'",
-            f"logger.group={table}-{scale}"]
+            f"logger.group={table}-{scale}",
+            # wandb run name = table/row/seed (grid: table/cell/seed); ids stay unique per run folder
+            f"logger.name='{pattern if 'choices.experiment' in pattern else table + '/' + pattern}'"]
     return cmd + extra
 
 

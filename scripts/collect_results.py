@@ -1,0 +1,38 @@
+#!/usr/bin/env python
+"""Collect every finished run and regenerate results/: runs.csv, one <table>.md per table, plots, README block.
+
+    python scripts/collect_results.py                       # experiments/ -> results/, README.md block
+    python scripts/collect_results.py --runs experiments/reproduce --tables char_ptb pmnist
+
+Offline and deterministic: the same run folders give byte-identical files (see zoneout/results.py).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from zoneout.results import write_results  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="+", default=["experiments"], help="folders scanned for metrics.json")
+    p.add_argument("--out", default="results", help="output folder")
+    p.add_argument("--sweeps", default="configs/sweep", help="sweep files (table titles, row order, scales)")
+    p.add_argument("--readme", default="README.md", help="README with the results markers ('' = leave alone)")
+    p.add_argument("--tables", nargs="*", default=None, help="only these tables (default: every table found)")
+    p.add_argument("--no-plots", action="store_true")
+    args = p.parse_args(argv)
+    readme = args.readme if args.readme and Path(args.readme).is_file() else None
+    written = write_results(args.runs, out_dir=args.out, sweep_dir=args.sweeps, readme=readme,
+                            plots=not args.no_plots, tables=args.tables)
+    for w in written:
+        print(w)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

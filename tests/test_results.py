@@ -1,0 +1,186 @@
+"""Result tables from run folders: golden markdown/CSV on fixture runs, byte-identical regeneration, scale
+assignment, ordering verdicts, README block, and scripts/reproduce.py's plan (dry runs, no training).
+
+Fixtures: tests/fixtures/runs/experiments (run folders in zoneout.train's format), tests/fixtures/runs/sweep
+(small sweep files). Goldens: tests/fixtures/runs/golden; regenerate after an intended change with
+``ZONEOUT_UPDATE_GOLDEN=1 python -m pytest tests/test_results.py`` and review the diff.
+"""
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from zoneout import results
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "tests" / "fixtures" / "runs"
+GOLDEN = FIX / "golden"
+README_TEMPLATE = "# project\n\n## Results\n\n<!-- results:start -->\nstale\n<!-- results:end -->\n\n## Layout\n"
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import reproduce  # noqa: E402
+
+
+def _generate(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "README.md").write_text(README_TEMPLATE)
+    results.write_results([FIX / "experiments"], out_dir=out / "results", sweep_dir=FIX / "sweep",
+                          readme=out / "README.md", base=FIX)
+    return out
+
+
+def test_golden_tables_csv_and_readme(tmp_path):
+    out = _generate(tmp_path)
+    pairs = {"runs.csv": out / "results/runs.csv", "char_ptb.md": out / "results/char_ptb.md",
+             "grid.md": out / "results/grid.md", "README.md": out / "README.md"}
+    if os.environ.get("ZONEOUT_UPDATE_GOLDEN"):
+        GOLDEN.mkdir(exist_ok=True)
+        for name, path in pairs.items():
+            shutil.copyfile(path, GOLDEN / name)
+    for name, path in pairs.items():
+        assert path.read_text() == (GOLDEN / name).read_text(), f"{name} differs from {GOLDEN / name}"
+    assert sorted(p.name for p in (out / "results/plots").iterdir()) == [
+        "char_ptb_cpu_curves.png", "char_ptb_custom_curves.png", "char_ptb_paper_curves.png",
+        "grid_cpu_heatmap.png"]
+
+
+def test_regeneration_is_byte_identical(tmp_path):
+    a, b = _generate(tmp_path / "a"), _generate(tmp_path / "b")
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len(files) == 8
+    match, mismatch, errors = filecmp.cmpfiles(a, b, [str(f) for f in files], shallow=False)
+    assert not mismatch and not errors
+    # and regenerating in place changes nothing
+    before = {f: (a / f).read_bytes() for f in files}
+    results.write_results([FIX / "experiments"], out_dir=a / "results", sweep_dir=FIX / "sweep",
+                          readme=a / "README.md", base=FIX)
+    assert {f: (a / f).read_bytes() for f in files} == before
+    png = (a / "results/plots/char_ptb_cpu_curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and b"Software" not in png and b"matplotlib" not in png
+
+
+def _runs():
+    return results.group_runs(results.collect([FIX / "experiments"], base=FIX), results.load_sweeps(FIX / "sweep"))
+
+
+def test_scales_rows_and_statistics():
+    grouped = _runs()
+    assert list(grouped) == ["char_ptb", "grid"]
+    char = [(g.experiment.split("/")[1], g.scale, g.seeds) for g in grouped["char_ptb"]]
+    assert char == [("lstm_baseline", "cpu", [1, 2]), ("lstm_recurrent_dropout", "cpu", [1]),
+                    ("lstm_zoneout", "paper", [1]), ("lstm_zoneout", "cpu", [1, 2]),
+                    ("lstm_zoneout", "custom", [1])]
+    base = grouped["char_ptb"][0]
+    mean, sd, n = base.stats()
+    assert n == 2 and mean == pytest.approx((1.6012 + 1.6104) / 2)
+    assert sd == pytest.approx(abs(1.6012 - 1.6104) / 2 ** 0.5)  # sample sd of two values
+    rd = grouped["char_ptb"][1]
+    assert [r.status for r in rd.other] == ["failed"]  # listed, never averaged
+
+
+def test_latest_run_of_a_seed_wins(tmp_path):
+    src = FIX / "experiments/reproduce/cpu/char_ptb/lstm_baseline/seed1"
+    root = tmp_path / "experiments"
+    shutil.copytree(src, root / "a/seed1")
+    shutil.copytree(src, root / "b/seed1")
+    m = json.loads((root / "b/seed1/metrics.json").read_text())
+    m["test_bpc"] = 1.5
+    (root / "b/seed1/metrics.json").write_text(json.dumps(m))
+    (g,) = results.group_runs(results.collect([root], base=tmp_path), results.load_sweeps(FIX / "sweep"))["char_ptb"]
+    assert g.stats()[:2] == (1.5, None) and len(g.other) == 1
+
+
+def test_ordering_verdicts():
+    grouped = _runs()
+    sweep = results.load_sweeps(FIX / "sweep")["char_ptb"]
+    cpu = [g for g in grouped["char_ptb"] if g.scale == "cpu"]
+    assert "**held**" in results.ordering_line(cpu, sweep)
+    flipped = [cpu[2], cpu[1], cpu[0]]
+    for g, v in zip(flipped, (1.7, 1.6, 1.5)):  # zoneout worst, unregularized best
+        for r in g.runs:
+            r.value = v
+    assert "**did not hold**" in results.ordering_line(flipped, sweep)
+    assert "not enough" in results.ordering_line(cpu[:1], sweep)
+
+
+def test_cpu_tables_say_they_are_scaled_down(tmp_path):
+    out = _generate(tmp_path)
+    md = (out / "results/char_ptb.md").read_text()
+    assert "generated by `make results`" in md and "do not edit" in md
+    assert "**CPU scale — scaled down from the paper**" in md
+    assert "CPU scale (scaled down" in (out / "README.md").read_text()
+
+
+def test_fixed_decimals():
+    assert results.fmt(1.23456, "bpc") == "1.235"
+    assert results.fmt(78.449, "ppl") == "78.4"
+    assert results.fmt(0.0691, "error") == "0.069"
+    assert results.fmt(-0.0004, "bpc", signed=True) == "-0.000"
+    assert results.fmt(None, "bpc") == "—"
+
+
+def test_readme_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(README_TEMPLATE)
+    assert results.update_readme(readme, "new block") is True
+    text = readme.read_text()
+    assert "<!-- results:start -->\nnew block\n<!-- results:end -->" in text and "stale" not in text
+    assert text.endswith("## Layout\n")
+    assert results.update_readme(readme, "new block") is False
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="results:start"):
+        results.update_readme(readme, "x")
+
+
+def test_no_runs_leaves_a_placeholder(tmp_path):
+    (tmp_path / "README.md").write_text(README_TEMPLATE)
+    results.write_results([tmp_path / "none"], out_dir=tmp_path / "results", sweep_dir=FIX / "sweep",
+                          readme=tmp_path / "README.md")
+    assert "no runs collected yet" in (tmp_path / "README.md").read_text()
+    assert (tmp_path / "results/runs.csv").read_text().count("\n") == 1  # header only
+
+
+# ------------------------------------------------------------------------------ reproduce.py (no training)
+TABLE_JOBS = {"char_ptb": 12, "word_ptb": 6, "text8": 12, "pmnist": 10, "enwik8": 4}
+
+
+@pytest.mark.parametrize("table", sorted(TABLE_JOBS) + ["grid"])
+@pytest.mark.parametrize("scale", ["cpu", "paper"])
+def test_reproduce_dry_run_plans_the_sweep(table, scale, tmp_path, capsys):
+    rc = reproduce.main([table, "--scale", scale, "--dry-run", "--runs-root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    n = TABLE_JOBS.get(table) or (9 if scale == "cpu" else 25)
+    assert f"{n} jobs (0 already completed, {n} to run)" in out
+    cmd = [line for line in out.splitlines() if "python -m zoneout.train -m" in line]
+    assert len(cmd) == 1
+    assert f"hydra.sweep.dir={tmp_path}/{scale}" in cmd[0] and f"logger.group={table}-{scale}" in cmd[0]
+    assert ("++meta.scale=cpu" in cmd[0]) == (scale == "cpu")
+    if table == "grid":
+        assert "model.zoneout_c=" + ("0.0,0.25,0.5" if scale == "cpu" else "0.0,0.05,0.25,0.5,0.75") in cmd[0]
+        assert "zc\\${model.zoneout_c}_zh\\${model.zoneout_h}/seed\\${seed}" in cmd[0]
+
+
+def test_reproduce_skips_finished_jobs(tmp_path, capsys):
+    done = tmp_path / "cpu" / "char_ptb" / "lstm_baseline"
+    for seed in (1, 2):
+        (done / f"seed{seed}").mkdir(parents=True)
+        (done / f"seed{seed}" / "metrics.json").write_text('{"status": "completed"}')
+    assert reproduce.main(["char_ptb", "--dry-run", "--runs-root", str(tmp_path), "--seeds", "1,2"]) == 0
+    out = capsys.readouterr().out
+    assert "12 jobs (2 already completed, 10 to run)" in out
+    assert "experiment=char_ptb/lstm_weight_noise," in out and "lstm_baseline" not in out.split("zoneout.train -m")[1]
+
+
+def test_run_name_matches_hydra_interpolation():
+    job = {"experiment": "char_ptb/lstm_zoneout", "model.zoneout_c": "0.5", "model.zoneout_h": "0.05", "seed": "2"}
+    assert reproduce.run_name(reproduce.DEFAULT_RUN_NAME, job) == "char_ptb/lstm_zoneout/seed2"
+    assert reproduce.run_name("zc${model.zoneout_c}_zh${model.zoneout_h}/seed${seed}", job) == "zc0.5_zh0.05/seed2"
+    with pytest.raises(SystemExit):
+        reproduce.run_name("${model.hidden_size}", job)
