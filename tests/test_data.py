@@ -203,6 +203,18 @@ def test_checksum_mismatch_clear_error_nothing_half_written(server, monkeypatch)
     assert not (d / "prepared" / "ptb_word").exists()
 
 
+def test_wrong_size_reported_as_truncated(server, monkeypatch):
+    files = ptb_files()
+    urls = {n: server.add("/" + n, b[:-5] if n == "ptb.char.valid.txt" else b) for n, b in files.items()}
+    use_ptb(monkeypatch, files, file_urls={n: [u] for n, u in urls.items()})
+    with pytest.raises(zd.DataError) as e:
+        zd.download("ptb", progress=False)
+    n = len(files["ptb.char.valid.txt"])
+    assert f"ptb.char.valid.txt (from {urls['ptb.char.valid.txt']}): size expected {n}, found {n - 5}" in str(e.value)
+    assert "truncated" in str(e.value) and "sha256 expected" in str(e.value) and "make data-ptb" in str(e.value)
+    assert "ptb.char.valid.txt" not in listing(zd.resolve_data_dir() / "ptb")
+
+
 @pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "application/octet-stream"])
 def test_html_page_rejected(server, monkeypatch, content_type):
     files = ptb_files()

@@ -62,16 +62,20 @@ def _looks_like_html(path: Path) -> bool:
 
 def _compare(label: str, checks: Dict[str, Tuple[Optional[object], object]], soft: Iterable[str],
              display: str, source: SourceSpec, warn: List[str]) -> None:
+    """Confirmed mismatches raise (all of them in one message); soft ones are appended to ``warn``."""
+    hard = []
     for key, (expected, found) in checks.items():
         if expected is None or expected == found:
             continue
-        msg = f"{display}: {label}{key} expected {expected}, found {found}"
+        msg = f"{label}{key} expected {expected}, found {found}"
         if key == "size" and isinstance(found, int) and isinstance(expected, int) and found < expected:
             msg += " (truncated download?)"
         if key in soft:
-            warn.append(msg + " [value has no primary source: recorded, not fatal]")
+            warn.append(f"{display}: {msg} [value has no primary source: recorded, not fatal]")
         else:
-            raise DataError(f"{msg}. The file is not used; {_fix(source)}.")
+            hard.append(msg)
+    if hard:
+        raise DataError(f"{display}: {'; '.join(hard)}. The file is not used; {_fix(source)}.")
 
 
 def verify_file(path: Path, spec: FileSpec, source: SourceSpec, display: Optional[str] = None) -> dict:
