@@ -16,11 +16,11 @@ EXPECTED = {
     "char_ptb": {"lstm_baseline", "lstm_weight_noise", "lstm_norm_stabilizer", "lstm_stochastic_depth",
                  "lstm_recurrent_dropout", "lstm_zoneout", "gru_baseline", "gru_zoneout", "rnn_baseline",
                  "rnn_zoneout"},
-    "word_ptb": {"lstm_baseline", "lstm_recurrent_dropout", "lstm_dropout_zoneout", "lstm_dropout",
+    "word_ptb": {"lstm_baseline", "lstm_recurrent_dropout", "lstm_zoneout", "lstm_dropout",
                  "lstm_variational_dropout"},
     "text8": {"lstm_baseline", "lstm_weight_noise", "lstm_norm_stabilizer", "lstm_stochastic_depth",
               "lstm_recurrent_dropout", "lstm_zoneout"},
-    "pmnist": {"lstm_baseline", "lstm_recurrent_dropout", "lstm_zoneout", "bnlstm_baseline", "bnlstm_zoneout"},
+    "pmnist": {"lstm_baseline", "lstm_recurrent_dropout", "lstm_zoneout", "bnlstm", "bnlstm_zoneout"},
     "enwik8": {"lstm_baseline", "lstm_zoneout"},
 }
 
@@ -113,7 +113,7 @@ def test_paper_hyperparameters_of_key_rows(composed):
     assert (bz["cell"], bz["zoneout_c"], bz["zoneout_h"], bz["zoneout_shared_mask"]) == ("bnlstm", 0.15, 0.15, True)
     assert bz["batchnorm_gamma_init"] == 0.1 and composed["pmnist/bnlstm_zoneout"]["data"]["permute"] is True
     assert composed["pmnist/lstm_zoneout"]["optim"]["name"] == "rmsprop"
-    wz = m["word_ptb/lstm_dropout_zoneout"]
+    wz = m["word_ptb/lstm_zoneout"]
     assert (wz["dropout"], wz["zoneout_c"], wz["zoneout_h"], wz["num_layers"]) == (0.65, 0.5, 0.05, 2)
     assert m["word_ptb/lstm_variational_dropout"]["variational_dropout"] is True
     assert m["text8/lstm_zoneout"]["hidden_size"] == 2000
