@@ -46,15 +46,15 @@ inline double sigmoid_(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline double tanh_(double x) { return std::tanh(x); }
 
 template <typename scalar_t>
-void lstm_fwd_point(scalar_t* __restrict g, const scalar_t* __restrict cp, scalar_t* __restrict c_out,
+void lstm_fwd_point(scalar_t* __restrict g, const scalar_t* __restrict x, const scalar_t* __restrict cp, scalar_t* __restrict c_out,
                     const scalar_t* __restrict hp, scalar_t* __restrict h_out, scalar_t* __restrict tc_out,
                     const scalar_t* __restrict kc, const scalar_t* __restrict kh,
                     const scalar_t* __restrict u, int64_t H) {
-  // Activate in place first (three plain loops over one array vectorise; one loop writing four
-  // runtime-offset slices of the same array does not), then the state update reads the gates.
-  for (int64_t j = 0; j < 2 * H; ++j) g[j] = sigmoid_(g[j]);
-  for (int64_t j = 2 * H; j < 3 * H; ++j) g[j] = tanh_(g[j]);
-  for (int64_t j = 3 * H; j < 4 * H; ++j) g[j] = sigmoid_(g[j]);
+  // g holds h_{t-1} @ W_hh^T; add the input projection x and activate in place first (three
+  // plain loops vectorise; one loop writing four runtime-offset slices of one array does not).
+  for (int64_t j = 0; j < 2 * H; ++j) g[j] = sigmoid_(x[j] + g[j]);
+  for (int64_t j = 2 * H; j < 3 * H; ++j) g[j] = tanh_(x[j] + g[j]);
+  for (int64_t j = 3 * H; j < 4 * H; ++j) g[j] = sigmoid_(x[j] + g[j]);
   const scalar_t* __restrict gi = g;
   const scalar_t* __restrict gf = g + H;
   const scalar_t* __restrict gg = g + 2 * H;
@@ -113,14 +113,16 @@ void lstm_bwd_point(const scalar_t* g, const scalar_t* tc, const scalar_t* cp, c
 template <typename scalar_t>
 inline void gru_fwd_row(const scalar_t* __restrict xr, const scalar_t* __restrict xz,
                         const scalar_t* __restrict xn, scalar_t* __restrict hr, scalar_t* __restrict hz,
-                        const scalar_t* __restrict hn_, scalar_t* __restrict n_out, const scalar_t* __restrict hp,
+                        scalar_t* __restrict hn_, const scalar_t* __restrict br, const scalar_t* __restrict bz,
+                        const scalar_t* __restrict bn, scalar_t* __restrict n_out, const scalar_t* __restrict hp,
                         scalar_t* __restrict h_out, const scalar_t* __restrict kh, const scalar_t* __restrict u,
                         int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
-    scalar_t r = sigmoid_(xr[j] + hr[j]);
-    scalar_t z = sigmoid_(xz[j] + hz[j]);
-    scalar_t n = tanh_(xn[j] + r * hn_[j]);
-    hr[j] = r; hz[j] = z;  // keep (W_hn h + b_hn) in the third block for backward
+    scalar_t r = sigmoid_(xr[j] + (hr[j] + br[j]));
+    scalar_t z = sigmoid_(xz[j] + (hz[j] + bz[j]));
+    scalar_t hn = hn_[j] + bn[j];
+    scalar_t n = tanh_(xn[j] + r * hn);
+    hr[j] = r; hz[j] = z; hn_[j] = hn;  // (r, z, W_hn h + b_hn) are what backward needs
     n_out[j] = n;
     scalar_t nu = n * u[j];
     scalar_t h_prev = hp[j];
@@ -130,10 +132,12 @@ inline void gru_fwd_row(const scalar_t* __restrict xr, const scalar_t* __restric
   }
 }
 
+// hh: h_{t-1} @ W_hh^T on entry (without b_hh), (r, z, W_hn h + b_hn) on exit; b: b_hh row [3H].
 template <typename scalar_t>
-void gru_fwd_point(const scalar_t* x, scalar_t* hh, scalar_t* n_out, const scalar_t* hp, scalar_t* h_out,
-                   const scalar_t* kh, const scalar_t* u, int64_t H) {
-  gru_fwd_row<scalar_t>(x, x + H, x + 2 * H, hh, hh + H, hh + 2 * H, n_out, hp, h_out, kh, u, H);
+void gru_fwd_point(const scalar_t* x, scalar_t* hh, const scalar_t* b, scalar_t* n_out, const scalar_t* hp,
+                   scalar_t* h_out, const scalar_t* kh, const scalar_t* u, int64_t H) {
+  gru_fwd_row<scalar_t>(x, x + H, x + 2 * H, hh, hh + H, hh + 2 * H, b, b + H, b + 2 * H, n_out, hp, h_out, kh, u,
+                        H);
 }
 
 template <typename scalar_t>
@@ -167,10 +171,11 @@ void gru_bwd_point(const scalar_t* hh, const scalar_t* n_, const scalar_t* hp, c
 }
 
 template <typename scalar_t, bool relu>
-void rnn_fwd_point(scalar_t* __restrict pre, const scalar_t* __restrict hp, scalar_t* __restrict h_out,
+void rnn_fwd_point(scalar_t* __restrict pre, const scalar_t* __restrict x, const scalar_t* __restrict hp, scalar_t* __restrict h_out,
                    const scalar_t* __restrict kh, const scalar_t* __restrict u, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
-    scalar_t a = relu ? (pre[j] > scalar_t(0) ? pre[j] : scalar_t(0)) : tanh_(pre[j]);
+    scalar_t p = x[j] + pre[j];  // pre holds h_{t-1} @ W_hh^T on entry, act(.) on exit
+    scalar_t a = relu ? (p > scalar_t(0) ? p : scalar_t(0)) : tanh_(p);
     pre[j] = a;
     scalar_t hn = a * u[j];
     scalar_t ah = kh[j];

@@ -71,7 +71,7 @@ std::vector<Tensor> lstm_forward(const Tensor& xw, const Tensor& h0, const Tenso
   auto cs = at::empty({save ? T : 2, B, H}, xw.options());
   auto G = at::empty({save ? T : 1, B, 4 * H}, xw.options());
   auto TC = at::empty({save ? T : 1, B, H}, xw.options());
-  const auto wT = w_hh.t();
+  const auto wT = w_hh.t();  // a transposed view: BLAS reads it in place
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "zoneout_lstm_forward", [&] {
     auto kc = make_keep<scalar_t>(keep_c, p_c, training, B, H);
     auto kh = make_keep<scalar_t>(keep_h, p_h, training, B, H);
@@ -79,10 +79,11 @@ std::vector<Tensor> lstm_forward(const Tensor& xw, const Tensor& h0, const Tenso
     Tensor h_prev = h0, c_prev = c0;
     for (int64_t t = 0; t < T; ++t) {
       Tensor g = G[save ? t : 0];
-      at::addmm_out(g, xw[t], h_prev, wT);
+      at::mm_out(g, h_prev, wT);  // x_t is added in the pointwise pass (no copy into the output)
       Tensor c_t = cs[save ? t : (t & 1)];
       Tensor h_t = hs[t];
       scalar_t* gp = g.data_ptr<scalar_t>();
+      const scalar_t* xp = xw[t].data_ptr<scalar_t>();
       const scalar_t* cpp = c_prev.data_ptr<scalar_t>();
       const scalar_t* hpp = h_prev.data_ptr<scalar_t>();
       scalar_t* cop = c_t.data_ptr<scalar_t>();
@@ -90,7 +91,7 @@ std::vector<Tensor> lstm_forward(const Tensor& xw, const Tensor& h0, const Tenso
       scalar_t* tcp = TC[save ? t : 0].data_ptr<scalar_t>();
       at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
-          lstm_fwd_point<scalar_t>(gp + b * 4 * H, cpp + b * H, cop + b * H, hpp + b * H, hop + b * H,
+          lstm_fwd_point<scalar_t>(gp + b * 4 * H, xp + b * 4 * H, cpp + b * H, cop + b * H, hpp + b * H, hop + b * H,
                                    tcp + b * H, kc.row(t, b),
                                    kh.row(t, b), uu.row(t, b), H);
         }
@@ -155,15 +156,16 @@ std::vector<Tensor> gru_forward(const Tensor& xw, const Tensor& h0, const Tensor
   auto hs = at::empty({T, B, H}, xw.options());
   auto HH = at::empty({save ? T : 1, B, 3 * H}, xw.options());
   auto N = at::empty({save ? T : 1, B, H}, xw.options());
-  const auto wT = w_hh.t();
-  const bool has_b = b_hh.has_value() && b_hh->defined();
+  const auto wT = w_hh.t();  // a transposed view: BLAS reads it in place
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "zoneout_gru_forward", [&] {
     auto kh = make_keep<scalar_t>(keep_h, p_h, training, B, H);
     auto uu = make_rows<scalar_t>(update, 1.0, B, H);
+    auto bias = make_rows<scalar_t>(b_hh, 0.0, 1, 3 * H);  // zeros when there is no b_hh
+    const scalar_t* bp = bias.row(0, 0);
     Tensor h_prev = h0;
     for (int64_t t = 0; t < T; ++t) {
       Tensor hh = HH[save ? t : 0];
-      if (has_b) at::addmm_out(hh, *b_hh, h_prev, wT); else at::mm_out(hh, h_prev, wT);
+      at::mm_out(hh, h_prev, wT);  // b_hh is added in the pointwise pass
       Tensor h_t = hs[t];
       const scalar_t* xp = xw[t].data_ptr<scalar_t>();
       scalar_t* hhp = hh.data_ptr<scalar_t>();
@@ -172,7 +174,7 @@ std::vector<Tensor> gru_forward(const Tensor& xw, const Tensor& h0, const Tensor
       scalar_t* hop = h_t.data_ptr<scalar_t>();
       at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
-          gru_fwd_point<scalar_t>(xp + b * 3 * H, hhp + b * 3 * H, np_ + b * H, hpp + b * H, hop + b * H,
+          gru_fwd_point<scalar_t>(xp + b * 3 * H, hhp + b * 3 * H, bp, np_ + b * H, hpp + b * H, hop + b * H,
                                   kh.row(t, b), uu.row(t, b), H);
         }
       });
@@ -232,21 +234,22 @@ std::vector<Tensor> rnn_forward(const Tensor& xw, const Tensor& h0, const Tensor
   const int64_t T = xw.size(0), B = xw.size(1), H = h0.size(1);
   auto hs = at::empty({T, B, H}, xw.options());
   auto A = at::empty({save ? T : 1, B, H}, xw.options());
-  const auto wT = w_hh.t();
+  const auto wT = w_hh.t();  // a transposed view: BLAS reads it in place
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "zoneout_rnn_forward", [&] {
     auto kh = make_keep<scalar_t>(keep_h, p_h, training, B, H);
     auto uu = make_rows<scalar_t>(update, 1.0, B, H);
     Tensor h_prev = h0;
     for (int64_t t = 0; t < T; ++t) {
       Tensor a = A[save ? t : 0];
-      at::addmm_out(a, xw[t], h_prev, wT);
+      at::mm_out(a, h_prev, wT);  // x_t is added in the pointwise pass
       Tensor h_t = hs[t];
       scalar_t* ap = a.data_ptr<scalar_t>();
+      const scalar_t* xp = xw[t].data_ptr<scalar_t>();
       const scalar_t* hpp = h_prev.data_ptr<scalar_t>();
       scalar_t* hop = h_t.data_ptr<scalar_t>();
       at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
-          (relu ? rnn_fwd_point<scalar_t, true> : rnn_fwd_point<scalar_t, false>)(ap + b * H, hpp + b * H, hop + b * H, kh.row(t, b),
+          (relu ? rnn_fwd_point<scalar_t, true> : rnn_fwd_point<scalar_t, false>)(ap + b * H, xp + b * H, hpp + b * H, hop + b * H, kh.row(t, b),
                                   uu.row(t, b), H);
         }
       });
@@ -305,7 +308,7 @@ template <typename scalar_t>
 void fill_keep(scalar_t* __restrict out, int64_t begin, int64_t end, uint32_t s1, uint32_t s2, uint32_t thr) {
   for (int64_t i = begin; i < end; ++i) {
     uint32_t h = lowbias32(lowbias32(static_cast<uint32_t>(i) ^ s1) + s2);
-    out[i] = (h >> 8) < thr ? scalar_t(1) : scalar_t(0);
+    out[i] = static_cast<int32_t>(h >> 8) < static_cast<int32_t>(thr) ? scalar_t(1) : scalar_t(0);
   }
 }
 
