@@ -34,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -310,7 +311,7 @@ def _wandb_start(cfg: TrainConfig, run_dir: Path, flat: Dict[str, Any]):
         raise ConfigError("logger.wandb=true needs the wandb package (pip install wandb)") from e
     os.environ.setdefault("WANDB_SILENT", "true")
     id_file = run_dir / "wandb_id"
-    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
     atomic_write_text(id_file, run_id)
     if wandb.run is not None:       # one wandb run per job
         wandb.run.finish()
@@ -459,8 +460,10 @@ def run(cfg: TrainConfig, *, command: Optional[str] = None, overrides: Sequence[
                            overrides, device)
         raise
     finally:
-        if wb is not None:
-            wb.finish(exit_code=0 if status == "completed" else 1)
+        if wb is not None:   # finish explicitly: completed -> 0; preempted -> marked, resumed later; else failed
+            if status == "preempted" and hasattr(wb, "mark_preempting"):
+                wb.mark_preempting()
+            wb.finish(exit_code={"completed": 0, "preempted": REQUEUE_EXIT_CODE}.get(status, 1))
         (run_dir / ".lock").unlink(missing_ok=True)
         for h in handlers:
             log.removeHandler(h)
