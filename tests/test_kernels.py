@@ -1,0 +1,244 @@
+"""Fused kernels (zoneout.kernels) == the reference sequence functions (zoneout.rnn) under shared masks.
+
+Both implementations of the fused path are checked: the C++ extension (compiled once per machine
+and cached; the first test that needs it pays the ~1 min build) and its pure-PyTorch twin.
+Outputs and every gradient, train (0/1 masks, recurrent-dropout update masks) and eval
+(expectation rates), float64 gradcheck on tiny sizes and float32 tolerance tests.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import zoneout.kernels as kernels
+from zoneout import ZoneoutGRU, ZoneoutLSTM, ZoneoutRNN
+from zoneout.kernels import _build, fused
+from zoneout.rnn import gru_sequence_reference, lstm_sequence_reference, rnn_sequence_reference
+
+T, B, I, H = 5, 3, 4, 6
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def ext_available():
+    return _build.load() is not None
+
+
+@pytest.fixture(params=["cpp", "pytorch"])
+def path(request, ext_available):
+    """Run the test on the C++ extension and on the pure-PyTorch twin."""
+    if request.param == "cpp" and not ext_available:
+        pytest.skip(f"C++ extension unavailable: {_build.error()}")
+    kernels.use_extension(request.param == "cpp")
+    yield request.param
+    kernels.use_extension(None)
+
+
+def _masks(dtype, update: bool, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    kc = torch.rand(T, B, H, generator=g).lt(0.5).to(dtype)
+    kh = torch.rand(T, B, H, generator=g).lt(0.3).to(dtype)
+    u = torch.rand(T, B, H, generator=g).lt(0.7).to(dtype) / 0.7 if update else None
+    return kc, kh, u
+
+
+def _inputs(gates, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    xw = torch.randn(T, B, gates * H, generator=g, dtype=dtype)
+    h0 = torch.randn(B, H, generator=g, dtype=dtype)
+    c0 = torch.randn(B, H, generator=g, dtype=dtype)
+    w = torch.randn(gates * H, H, generator=g, dtype=dtype) * 0.5
+    b = torch.randn(gates * H, generator=g, dtype=dtype) * 0.5
+    return [t.requires_grad_() for t in (xw, h0, c0, w, b)]
+
+
+def _grads(outs, params, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
+    loss = sum((o * w).sum() for o, w in zip(outs, weights))
+    return torch.autograd.grad(loss, params)
+
+
+def _close(a, b, dtype):
+    tol = dict(rtol=1e-9, atol=1e-10) if dtype == F64 else dict(rtol=1e-4, atol=2e-5)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, **tol)
+
+
+CASES = [  # (training, zoneout masks, update mask)
+    (True, True, False),
+    (True, True, True),
+    (True, False, False),
+    (True, False, True),
+    (False, False, False),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("training,zoned,update", CASES)
+def test_lstm_equals_reference(path, dtype, training, zoned, update):
+    xw, h0, c0, w, b = _inputs(4, dtype)
+    kc, kh, u = _masks(dtype, update)
+    if training:
+        ref_c, ref_h = (kc, kh) if zoned else (0.0, 0.0)
+        k_c, k_h, p_c, p_h = (kc, kh, 0.0, 0.0) if zoned else (None, None, 0.0, 0.0)
+    else:
+        ref_c, ref_h, k_c, k_h, p_c, p_h = 0.5, 0.3, None, None, 0.5, 0.3
+    ref = lstm_sequence_reference(xw, h0, c0, w, b, ref_c, ref_h, u)[:3]
+    out = kernels.lstm_recurrence(xw, h0, c0, w, keep_c=k_c, keep_h=k_h, update_mask=u, p_c=p_c, p_h=p_h,
+                                  training=training, b_hh=b)
+    params = [xw, h0, c0, w, b]
+    _close(out, ref, dtype)
+    _close(_grads(out, params), _grads(ref, params), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("training,zoned,update", CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_gru_equals_reference(path, dtype, training, zoned, update, bias):
+    xw, h0, _, w, b = _inputs(3, dtype)
+    b = b if bias else None
+    _, kh, u = _masks(dtype, update)
+    if training:
+        ref_h, k_h, p_h = (kh, kh, 0.0) if zoned else (0.0, None, 0.0)
+    else:
+        ref_h, k_h, p_h = 0.3, None, 0.3
+    ref = gru_sequence_reference(xw, h0, w, b, ref_h, u)
+    out = kernels.gru_recurrence(xw, h0, w, keep_h=k_h, update_mask=u, p_h=p_h, training=training, b_hh=b)
+    params = [xw, h0, w] + ([b] if bias else [])
+    _close(out, ref, dtype)
+    _close(_grads(out, params), _grads(ref, params), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("training,zoned,update", CASES)
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_equals_reference(path, dtype, training, zoned, update, nonlinearity):
+    xw, h0, _, w, b = _inputs(1, dtype)
+    _, kh, u = _masks(dtype, update)
+    if training:
+        ref_h, k_h, p_h = (kh, kh, 0.0) if zoned else (0.0, None, 0.0)
+    else:
+        ref_h, k_h, p_h = 0.3, None, 0.3
+    ref = rnn_sequence_reference(xw, h0, w, b, ref_h, u, nonlinearity)
+    out = kernels.rnn_recurrence(xw, h0, w, keep_h=k_h, update_mask=u, p_h=p_h, training=training,
+                                 nonlinearity=nonlinearity, b_hh=b)
+    params = [xw, h0, w, b]
+    _close(out, ref, dtype)
+    _close(_grads(out, params), _grads(ref, params), dtype)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_gradcheck_float64(path, training):
+    """torch.autograd.gradcheck of the hand-written BPTT (all outputs, all differentiable inputs)."""
+    kc, kh, u = _masks(F64, True)
+    if not training:
+        kc = kh = u = None
+    xw, h0, c0, w, b = _inputs(4, F64)
+    assert torch.autograd.gradcheck(
+        lambda *a: kernels.lstm_recurrence(*a, kc, kh, u, 0.5, 0.3, training), (xw, h0, c0, w))
+    xw, h0, _, w, b = _inputs(3, F64)
+    assert torch.autograd.gradcheck(
+        lambda *a: kernels.gru_recurrence(a[0], a[1], a[2], kh, u, 0.3, training, b_hh=a[3]), (xw, h0, w, b))
+    xw, h0, _, w, b = _inputs(1, F64)
+    assert torch.autograd.gradcheck(
+        lambda *a: kernels.rnn_recurrence(*a, kh, u, 0.3, training, "tanh"), (xw, h0, w))
+
+
+def test_no_grad_path_equals_grad_path(path):
+    """Inference (no saved activations, ping-pong buffers) returns what the training path returns."""
+    xw, h0, c0, w, b = _inputs(4, torch.float32)
+    kc, kh, u = _masks(torch.float32, True)
+    for training in (True, False):
+        with_grad = kernels.lstm_recurrence(xw, h0, c0, w, kc, kh, u, 0.5, 0.3, training)
+        with torch.no_grad():
+            without = kernels.lstm_recurrence(xw, h0, c0, w, kc, kh, u, 0.5, 0.3, training)
+        for a, b_ in zip(with_grad, without):
+            torch.testing.assert_close(a.detach(), b_, rtol=0, atol=0)
+    xw, h0, _, w, b = _inputs(3, torch.float32)
+    for rec, args in ((kernels.gru_recurrence, (xw, h0, w, kh, u, 0.3, True, b)),
+                      (kernels.rnn_recurrence, (xw[..., :H].contiguous(), h0, w[:H], kh, u, 0.3, True))):
+        a = rec(*args)
+        with torch.no_grad():
+            b_ = rec(*args)
+        torch.testing.assert_close(a[0].detach(), b_[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls,kw", [
+    (ZoneoutLSTM, dict(zoneout_c=0.5, zoneout_h=0.3, recurrent_dropout=0.2, stochastic_depth=0.1)),
+    (ZoneoutLSTM, dict(zoneout_c=0.4, zoneout_shared_mask=True)),
+    (ZoneoutGRU, dict(zoneout_h=0.3, recurrent_dropout=0.2, stochastic_depth=0.1)),
+    (ZoneoutRNN, dict(zoneout_h=0.3, nonlinearity="relu")),
+])
+@pytest.mark.parametrize("training", [True, False])
+def test_layer_fused_equals_reference(path, cls, kw, training):
+    """Whole layers (2 layers, bidirectional, batch_first, given initial state) under the same masks."""
+    torch.manual_seed(0)
+    ref = cls(I, H, 2, batch_first=True, bidirectional=True, dropout=0.0, backend="reference", **kw)
+    fast = cls(I, H, 2, batch_first=True, bidirectional=True, dropout=0.0, backend="fused", **kw)
+    fast.load_state_dict(ref.state_dict())
+    ref.train(training), fast.train(training)
+    x = torch.randn(B, T, I, requires_grad=True)
+    h0 = torch.randn(4, B, H)
+    hx = (h0, torch.randn(4, B, H)) if cls is ZoneoutLSTM else h0
+    masks = ref._sample_masks(T, B, x)
+    a = ref._forward(x, hx, masks=masks)
+    b_ = fast._forward(x, hx, masks=masks)
+    flat = lambda o: [o[0], *o[1]] if cls is ZoneoutLSTM else [o[0], o[1]]  # noqa: E731
+    _close(flat(b_), flat(a), torch.float32)
+    ga = _grads(flat(a), [x, *ref.parameters()])
+    gb = _grads(flat(b_), [x, *fast.parameters()])
+    _close(gb, ga, torch.float32)
+
+
+def test_auto_backend_uses_kernels():
+    assert kernels.AUTO is True
+    layer = ZoneoutLSTM(I, H, zoneout_c=0.5)
+    assert layer._sequence_fn() is not lstm_sequence_reference
+
+
+def test_keep_mask_rates_and_reproducibility(ext_available):
+    if not ext_available:
+        pytest.skip("C++ extension unavailable")
+    like = torch.empty(0)
+    n = 400_000
+    for p in (0.05, 0.5, 0.9):
+        m = kernels.keep_mask((n,), p, like)
+        assert set(m.unique().tolist()) <= {0.0, 1.0}
+        sigma = (p * (1 - p) / n) ** 0.5
+        assert abs(m.mean().item() - p) < 5 * sigma, (p, m.mean().item())
+    # neighbouring elements are uncorrelated (hash, not a short-period generator)
+    m = kernels.keep_mask((n,), 0.5, like)
+    c = torch.corrcoef(torch.stack([m[:-1], m[1:]]))[0, 1].item()
+    assert abs(c) < 5 / n ** 0.5
+    assert kernels.keep_mask((1000,), 0.0, like).sum() == 0
+    assert kernels.keep_mask((1000,), 1.0, like).sum() == 1000
+    torch.manual_seed(3)
+    a = kernels.keep_mask((7, 5, 3), 0.3, like.double())
+    torch.manual_seed(3)
+    b = kernels.keep_mask((7, 5, 3), 0.3, like.double())
+    assert a.dtype == F64 and a.shape == (7, 5, 3) and torch.equal(a, b)
+    assert not torch.equal(a, kernels.keep_mask((7, 5, 3), 0.3, like.double()))
+
+
+def test_no_compiler_falls_back_with_one_warning(monkeypatch):
+    """A failed build warns once and the recurrences still work (pure-PyTorch path)."""
+    monkeypatch.setattr(_build, "_state", {"tried": False, "module": None, "error": None})
+
+    def broken(**kwargs):
+        raise RuntimeError("no compiler here")
+
+    import torch.utils.cpp_extension as cpp_extension
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    monkeypatch.delenv("ZONEOUT_NO_EXT", raising=False)
+    xw, h0, c0, w, b = _inputs(4, torch.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = kernels.lstm_recurrence(xw, h0, c0, w, None, None, None, 0.5, 0.3, False)
+        kernels.lstm_recurrence(xw, h0, c0, w, None, None, None, 0.5, 0.3, False)
+    assert [str(c.message) for c in caught if "C++ kernels" in str(c.message)].__len__() == 1
+    ref = lstm_sequence_reference(xw, h0, c0, w, None, 0.5, 0.3)[:3]
+    _close(out, ref, torch.float32)
+    assert not kernels.extension_loaded()
