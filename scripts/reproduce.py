@@ -114,6 +114,28 @@ def prepare_data(datasets: list[dict], data_dir: str | None, mirror: str | None)
             print(f"[reproduce]   {c.describe() if hasattr(c, 'describe') else name}", flush=True)
 
 
+def _mtime(path: Path):
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def plan_calls(pending: list[dict[str, str]], params: dict[str, list[str]], whole: bool) -> list[dict]:
+    """Hydra calls (each a cartesian product, as the basic sweeper runs it) covering exactly ``pending``:
+    the whole sweep in one call, else one call per combination of the non-seed keys (a row, a grid cell)
+    with that combination's pending seeds."""
+    if whole:
+        return [params]
+    calls: dict[tuple, dict] = {}
+    for job in pending:
+        key = tuple((k, v) for k, v in job.items() if k != "seed")
+        call = calls.setdefault(key, {k: [v] for k, v in key})
+        if "seed" in job:
+            call.setdefault("seed", []).append(job["seed"])
+    return [{k: call[k] for k in params if k in call} for call in calls.values()]
+
+
 def shell_quote(word: str) -> str:
     """Quote for a POSIX shell, keeping Hydra's inner single quotes readable: "run_dir='a/\\${seed}'"."""
     if "'" in word:
@@ -123,7 +145,11 @@ def shell_quote(word: str) -> str:
 
 def build_command(table: str, scale: str, params: dict[str, list[str]], spec: dict, runs_root: str,
                   pattern: str, extra: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "zoneout.train", "-m"]
+    # Hydra's submitit launcher pickles the task function; started as `python -m zoneout.train` that function
+    # lives in __main__ and is pickled by value (which fails), so other launchers get an importing entry point.
+    other_launcher = any(e.startswith("hydra/launcher=") and not e.endswith("=basic") for e in extra)
+    entry = ["-c", "from zoneout.train import main; main()"] if other_launcher else ["-m", "zoneout.train"]
+    cmd = [sys.executable, *entry, "-m"]
     cmd += [f"{k}={','.join(v)}" for k, v in params.items()]
     cmd += [f"{k}={results._fmt_value(v)}" for k, v in (spec.get("overrides") or {}).items()]
     base = f"{runs_root}/{scale}"
@@ -167,16 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(args.runs_root) / args.scale
 
     jobs = jobs_of(params)
-    todo, done = [], []
-    for job in jobs:
-        rd = base / run_name(pattern, job)
-        st = job_status(rd)
-        (done if st == "completed" and not args.force else todo).append((job, rd, st))
+    rdir = {id(job): base / run_name(pattern, job) for job in jobs}
+    # A diverged run is deterministic (same seed, same data): it is not re-run unless --force.
+    finished = ("completed", "diverged")
+    todo = [j for j in jobs if args.force or job_status(rdir[id(j)]) not in finished]
     print(f"[reproduce] {args.table} at {args.scale} scale: {len(jobs)} jobs "
-          f"({len(done)} already completed, {len(todo)} to run)"
+          f"({len(jobs) - len(todo)} already completed, {len(todo)} to run)"
           f" — {spec.get('hardware', '?')}, expected {spec.get('time', '?')}", flush=True)
-    for job, rd, st in todo:
-        print(f"[reproduce]   {st:9s} {rd}", flush=True)
+    for job in todo:
+        print(f"[reproduce]   {job_status(rdir[id(job)]):9s} {rdir[id(job)]}", flush=True)
 
     datasets = spec.get("data", info.get("data", []))
     if args.dry_run:
@@ -184,33 +209,37 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.no_data and todo:
         prepare_data(datasets, args.data_dir, args.mirror)
 
-    if todo:
-        # The basic sweeper runs a cartesian product: launch the finished-job-free sub-products.
-        # Simple rule: keep every row with at least one unfinished job (finished jobs inside it are skipped by
-        # train.py only if it resumes; so narrow the seeds to the union of unfinished seeds of those rows).
-        todo_params = dict(params)
-        for key in ("experiment", "seed"):
-            if key in params:
-                wanted = {job[key] for job, _, _ in todo}
-                todo_params[key] = [v for v in params[key] if v in wanted]
-        cmd = build_command(args.table, args.scale, todo_params, spec, args.runs_root, pattern, extra)
-        if args.data_dir:
-            cmd.append(f"data.data_dir={args.data_dir}")
-        print("[reproduce] python " + " ".join(shell_quote(c) for c in cmd[1:]), flush=True)
+    attempted: set[int] = set()
+    for round_ in range(len(jobs) + 1):
+        pending = [j for j in todo if id(j) not in attempted]
+        before = {id(j): _mtime(rdir[id(j)] / "metrics.json") for j in pending}
+        if not pending:
+            break
+        for call_params in plan_calls(pending, params, whole=len(pending) == len(jobs)):
+            cmd = build_command(args.table, args.scale, call_params, spec, args.runs_root, pattern, extra)
+            if args.data_dir:
+                cmd.append(f"data.data_dir={args.data_dir}")
+            print("[reproduce] python " + " ".join(shell_quote(c) for c in cmd[1:]), flush=True)
+            if args.dry_run:
+                continue
+            rc = subprocess.call(cmd, cwd=os.getcwd())
+            if rc != 0:
+                print(f"[reproduce] the sweep exited with {rc}", file=sys.stderr, flush=True)
         if args.dry_run:
             return 0
-        rc = subprocess.call(cmd, cwd=os.getcwd())
-        if rc != 0:
-            print(f"[reproduce] the sweep exited with {rc}; collecting what finished", file=sys.stderr, flush=True)
-    elif args.dry_run:
-        return 0
+        # Jobs that wrote a metrics.json (any status) were attempted; the rest were cut short by a job that
+        # ended the sweep process: launch them again, one row at a time. Stop when a round makes no progress.
+        progressed = {id(j) for j in pending if _mtime(rdir[id(j)] / "metrics.json") != before[id(j)]}
+        if not progressed:
+            break
+        attempted |= progressed
 
     if not args.no_collect:
         readme = args.readme if args.readme and Path(args.readme).is_file() else None
         written = results.write_results([args.collect_from], out_dir=args.results_dir, sweep_dir=args.sweep_dir,
                                         readme=readme)
         print(f"[reproduce] wrote {', '.join(str(w) for w in written)}", flush=True)
-    missing = [rd for _, rd, _ in todo if job_status(rd) != "completed"] if not args.dry_run else []
+    missing = [rdir[id(j)] for j in todo if job_status(rdir[id(j)]) != "completed"]
     if missing:
         print(f"[reproduce] {len(missing)} job(s) did not complete: " + ", ".join(map(str, missing)), file=sys.stderr)
         return 1

@@ -147,7 +147,7 @@ def test_no_runs_leaves_a_placeholder(tmp_path):
 
 
 # ------------------------------------------------------------------------------ reproduce.py (no training)
-TABLE_JOBS = {"char_ptb": 12, "word_ptb": 6, "text8": 12, "pmnist": 10, "enwik8": 4}
+TABLE_JOBS = {"char_ptb": 12, "word_ptb": 10, "text8": 12, "pmnist": 10, "enwik8": 4}
 
 
 @pytest.mark.parametrize("table", sorted(TABLE_JOBS) + ["grid"])
@@ -175,7 +175,20 @@ def test_reproduce_skips_finished_jobs(tmp_path, capsys):
     assert reproduce.main(["char_ptb", "--dry-run", "--runs-root", str(tmp_path), "--seeds", "1,2"]) == 0
     out = capsys.readouterr().out
     assert "12 jobs (2 already completed, 10 to run)" in out
-    assert "experiment=char_ptb/lstm_weight_noise," in out and "lstm_baseline" not in out.split("zoneout.train -m")[1]
+    calls = [line for line in out.splitlines() if "python -m zoneout.train -m" in line]
+    assert len(calls) == 5  # not a full product any more: one call per unfinished row, its seeds swept
+    assert all(" seed=1,2 " in c and "lstm_baseline" not in c for c in calls)
+    assert "experiment=char_ptb/lstm_weight_noise " in calls[0] and "experiment=char_ptb/lstm_zoneout " in calls[-1]
+
+
+def test_plan_calls_cover_exactly_the_pending_jobs():
+    params = {"experiment": ["a", "b"], "model.zoneout_c": ["0.0", "0.5"], "seed": ["1", "2"]}
+    jobs = reproduce.jobs_of(params)
+    assert reproduce.plan_calls(jobs, params, whole=True) == [params]
+    pending = [j for j in jobs if not (j["experiment"] == "a" and j["seed"] == "1")]
+    calls = reproduce.plan_calls(pending, params, whole=False)
+    covered = [job for c in calls for job in reproduce.jobs_of(c)]
+    assert sorted(map(str, covered)) == sorted(map(str, pending))
 
 
 def test_run_name_matches_hydra_interpolation():

@@ -220,6 +220,7 @@ class Sweep:
     rows: list[str]
     best: str = "zoneout"  # substring of the experiment name of the rows the paper says win
     worst: str | None = None  # experiment the paper says is worst
+    ordering_rows: list[str] | None = None  # rows the ordering verdict compares (default: all)
     scales: dict = field(default_factory=dict)  # scale -> {"description", "overrides", "hardware", ...}
     params: dict = field(default_factory=dict)  # hydra.sweeper.params as written
 
@@ -266,7 +267,8 @@ def load_sweep(path: str | Path) -> Sweep:
     name = info.get("table") or Path(path).stem
     rows = [r.strip() for r in params.get("experiment", "").split(",") if r.strip()]
     return Sweep(name=name, title=info.get("title", name), rows=rows, best=info.get("best", "zoneout"),
-                 worst=info.get("worst"), scales=info.get("scales") or {}, params=params)
+                 worst=info.get("worst"), ordering_rows=info.get("ordering_rows"),
+                 scales=info.get("scales") or {}, params=params)
 
 
 def load_sweeps(sweep_dir: str | Path = "configs/sweep") -> dict[str, Sweep]:
@@ -407,7 +409,8 @@ def command_of(g: Group, common: tuple[str, ...]) -> str:
 
 def ordering_line(groups: list[Group], sweep: Sweep | None) -> str:
     """Did the paper's ordering (a zoneout row best, the unregularized row worst) hold here?"""
-    done = [g for g in groups if g.stats()[2] > 0]
+    done = [g for g in groups if g.stats()[2] > 0
+            and (sweep is None or not sweep.ordering_rows or g.experiment in sweep.ordering_rows)]
     if len(done) < 2:
         return "Paper's ordering (zoneout best, unregularized worst): not enough finished rows to tell."
     best_key = sweep.best if sweep else "zoneout"

@@ -1,0 +1,218 @@
+"""Sweep files and launchers: every job of every sweep composes and validates at both scales; the launcher
+configs compose; a 2-job sweep through Hydra's submitit local launcher gives two run folders and two table rows;
+with wandb offline, a sweep gives one wandb run per job and a crashing job is recorded as failed without
+stopping the others. Training jobs here are tiny (stdlib corpus, 16 units, a few steps).
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = ROOT / "configs" / "sweep"
+TABLES = ["char_ptb", "word_ptb", "text8", "pmnist", "enwik8", "grid"]
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import reproduce  # noqa: E402
+
+train = pytest.importorskip("zoneout.train", reason="zoneout/train.py (Hydra entry point) not present yet")
+
+
+def _sweep(table):
+    return yaml.safe_load((SWEEPS / f"{table}.yaml").read_text())
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_sweep_file_describes_table_and_scales(table):
+    raw = _sweep(table)
+    info = raw["sweep"]
+    assert info["table"] == table and info["title"]
+    assert set(info["scales"]) == {"paper", "cpu"}
+    for scale in ("paper", "cpu"):
+        spec = info["scales"][scale]
+        assert spec["description"] and spec["hardware"] and spec["time"], (table, scale)
+    assert "CPU scale" in info["scales"]["cpu"]["description"]
+    rows = raw["hydra"]["sweeper"]["params"]["experiment"].split(",")
+    for row in rows:
+        assert (ROOT / "configs" / "experiment" / f"{row}.yaml").is_file(), f"{table}: no row file for {row}"
+    if table != "grid":
+        assert rows[0].endswith("lstm_baseline") and info["worst"] == rows[0]
+        assert any("zoneout" in r for r in rows)
+
+
+def _jobs(table, scale):
+    raw = _sweep(table)
+    spec = raw["sweep"]["scales"][scale]
+    params = reproduce.sweep_params(raw, None, spec)
+    overrides = [f"{k}={reproduce.results._fmt_value(v)}" for k, v in (spec.get("overrides") or {}).items()]
+    if scale == "cpu":
+        overrides.append("++meta.scale=cpu")
+    # one job per row (and the grid's corners): rows differ in what they set; other values are alike
+    jobs = []
+    for row in params["experiment"]:
+        keys = {k: v for k, v in params.items() if k not in ("experiment", "seed")}
+        picks = [{k: v[0] for k, v in keys.items()}, {k: v[-1] for k, v in keys.items()}] if keys else [{}]
+        for pick in picks:
+            jobs.append([f"experiment={row}", f"seed={params['seed'][0]}"] +
+                        [f"{k}={v}" for k, v in pick.items()] + overrides)
+    return jobs
+
+
+@pytest.mark.parametrize("scale", ["paper", "cpu"])
+@pytest.mark.parametrize("table", TABLES)
+def test_every_sweep_job_composes_and_validates(table, scale):
+    for overrides in _jobs(table, scale):
+        try:
+            values = train.compose(overrides)
+            cfg = train.config_from_container(values)  # schema + validation (unknown keys, ranges)
+        except Exception as e:  # noqa: BLE001 - only the one known gap is tolerated, below
+            if "data.local_file" in str(e):
+                pytest.xfail("the training config has no data.local_file key yet (needed to train on the real "
+                             "text8/enwik8 prefixes in ../shared/data; see the results report)")
+            raise
+        if scale == "cpu":
+            for k, v in _sweep(table)["sweep"]["scales"]["cpu"]["overrides"].items():
+                section, key = k.split(".", 1)
+                assert getattr(getattr(cfg, section), key) == v, (table, k)
+        if table == "grid":
+            assert cfg.meta["table"] == "grid"
+
+
+@pytest.mark.parametrize("launcher,target", [("local_cpu", "LocalLauncher"), ("slurm_gpu", "SlurmLauncher")])
+def test_launcher_configs_compose(launcher, target):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher not installed")
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    lc = cfg.hydra.launcher
+    assert lc._target_.endswith(target)
+    if launcher == "slurm_gpu":
+        assert lc.gpus_per_node == 1 and lc.timeout_min == 720 and lc.mem_gb == 32 and "partition" in lc
+    else:
+        assert lc.cpus_per_task == 1
+
+
+def test_optuna_sweeper_config_composes():
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper not installed "
+                        "(optional: pip install hydra-optuna-sweeper)")
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/sweeper=optuna_zoneout"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.direction == "minimize"
+    assert set(cfg.hydra.sweeper.params) == {"model.zoneout_c", "model.zoneout_h"}
+
+
+# ------------------------------------------------------------------------- tiny end-to-end sweeps
+TINY = {"model.hidden_size": 16, "data": "stdlib", "data.seq_len": 20, "data.train_tokens": 20000,
+        "trainer.max_epochs": 1, "trainer.max_steps_per_epoch": 3, "trainer.max_eval_batches": 2,
+        "trainer.checkpoint_every_steps": 0, "trainer.progress": False, "device": "cpu"}
+
+
+def _tiny_sweep(tmp_path, params, run_name=None):
+    sweep = {"sweep": {"table": "char_ptb", "title": "tiny", "data": ["stdlib"],
+                       "scales": {"cpu": {"description": "CPU scale: tiny", "hardware": "cpu", "time": "s",
+                                          "overrides": TINY}}},
+             "hydra": {"sweeper": {"params": params}}}
+    if run_name:
+        sweep["sweep"]["run_name"] = run_name
+    d = tmp_path / "sweep"
+    d.mkdir()
+    (d / "char_ptb.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return d
+
+
+def _reproduce(tmp_path, sweep_dir, extra, env=None):
+    cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "char_ptb", "--scale", "cpu",
+           "--sweep-dir", str(sweep_dir), "--runs-root", str(tmp_path / "runs"), "--collect-from",
+           str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"), "--readme", "", "--", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_two_job_sweep_through_submitit_local_launcher(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher not installed")
+    sweep_dir = _tiny_sweep(tmp_path, {"experiment": "char_ptb/lstm_baseline,char_ptb/lstm_zoneout", "seed": "1"})
+    p = _reproduce(tmp_path, sweep_dir, ["hydra/launcher=local_cpu"])
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    runs = sorted((tmp_path / "runs" / "cpu").glob("char_ptb/*/seed1/metrics.json"))
+    assert [r.parent.parent.name for r in runs] == ["lstm_baseline", "lstm_zoneout"]
+    assert all(json.loads(r.read_text())["status"] == "completed" for r in runs)
+    assert (tmp_path / "runs" / "cpu" / ".submitit").is_dir()  # really went through submitit
+    rows = (tmp_path / "results" / "runs.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[2] for r in rows] == ["char_ptb/lstm_baseline", "char_ptb/lstm_zoneout"]
+    md = (tmp_path / "results" / "char_ptb.md").read_text()
+    assert md.count("| cpu | `experiment=char_ptb/") == 2
+    # the same command again finds both jobs finished and launches nothing
+    p2 = _reproduce(tmp_path, sweep_dir, ["hydra/launcher=local_cpu"])
+    assert "2 jobs (2 already completed, 0 to run)" in p2.stdout
+
+
+def _wandb_records(path: Path):
+    """Records of an offline .wandb file (LevelDB-style log of protobuf records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    data, pos, block, buf = path.read_bytes(), 7, 32768, b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # full / last
+            rec = pb.Record()
+            rec.ParseFromString(buf + chunk if kind == 4 else chunk)
+            yield rec
+        elif kind == 2:
+            buf = chunk
+        elif kind == 3:
+            buf += chunk
+
+
+def _wandb_summary(run_dir: Path) -> dict:
+    (f,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    out = {}
+    for r in _wandb_records(f):
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            out.update(id=r.run.run_id, name=r.run.display_name, group=r.run.run_group)
+        elif kind == "exit":
+            out["exit_code"] = r.exit.exit_code
+    return out
+
+
+@pytest.mark.slow
+def test_wandb_offline_one_run_per_job_and_a_crash_is_failed(tmp_path):
+    pytest.importorskip("wandb")
+    # job 1 crashes (lr=inf -> NaN loss -> diverged); job 2 must still run. Basic launcher = one process.
+    sweep_dir = _tiny_sweep(tmp_path, {"experiment": "char_ptb/lstm_baseline", "optim.lr": "inf,0.002", "seed": "1"},
+                            run_name="lr${optim.lr}/seed${seed}")
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb"), "WANDB_SILENT": "true"}
+    p = _reproduce(tmp_path, sweep_dir, ["logger=wandb"], env=env)
+    base = tmp_path / "runs" / "cpu"
+    bad, good = base / "lrinf" / "seed1", base / "lr0.002" / "seed1"
+    log = (bad / "train.log").read_text() if (bad / "train.log").is_file() else ""
+    if "generate_id" in log:
+        pytest.xfail("zoneout/train.py calls wandb.util.generate_id, which wandb>=0.2x no longer has "
+                     "(see the results report: use wandb.sdk.lib.runid.generate_id or uuid)")
+    if not (good / "metrics.json").is_file() and (bad / "metrics.json").is_file():
+        pytest.xfail("zoneout.train ends the process (sys.exit) after a diverged/failed job, which stops "
+                     "Hydra's basic launcher before the next job (see the results report)")
+    assert json.loads((bad / "metrics.json").read_text())["status"] in ("failed", "diverged")
+    assert json.loads((good / "metrics.json").read_text())["status"] == "completed", p.stderr[-3000:]
+    w_bad, w_good = _wandb_summary(bad), _wandb_summary(good)
+    assert w_bad["id"] != w_good["id"]
+    assert w_bad["group"] == w_good["group"] == "char_ptb-cpu"
+    assert (w_bad["name"], w_good["name"]) == ("char_ptb/lrinf/seed1", "char_ptb/lr0.002/seed1")
+    assert w_bad["exit_code"] != 0 and w_good["exit_code"] == 0  # wandb shows the crashed job as failed
+    csv = (tmp_path / "results" / "runs.csv").read_text()
+    assert ",diverged," in csv or ",failed," in csv
+    assert p.returncode != 0  # reproduce.py reports the job that did not complete
