@@ -133,18 +133,25 @@ def test_rnn_equals_reference(path, dtype, training, zoned, update, nonlinearity
 @pytest.mark.parametrize("training", [True, False])
 def test_gradcheck_float64(path, training):
     """torch.autograd.gradcheck of the hand-written BPTT (all outputs, all differentiable inputs)."""
-    kc, kh, u = _masks(F64, True)
+    t, b, h = 3, 2, 3
+    g = torch.Generator().manual_seed(4)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=F64) * scale).requires_grad_()
+
+    kc, kh, u = (torch.rand(t, b, h, generator=g, dtype=F64).lt(q).to(F64) for q in (0.5, 0.3, 0.7))
+    u = u / 0.7
     if not training:
         kc = kh = u = None
-    xw, h0, c0, w, b = _inputs(4, F64)
     assert torch.autograd.gradcheck(
-        lambda *a: kernels.lstm_recurrence(*a, kc, kh, u, 0.5, 0.3, training), (xw, h0, c0, w))
-    xw, h0, _, w, b = _inputs(3, F64)
+        lambda *a: kernels.lstm_recurrence(*a, kc, kh, u, 0.5, 0.3, training),
+        (rnd(t, b, 4 * h), rnd(b, h), rnd(b, h), rnd(4 * h, h, scale=0.5)))
     assert torch.autograd.gradcheck(
-        lambda *a: kernels.gru_recurrence(a[0], a[1], a[2], kh, u, 0.3, training, b_hh=a[3]), (xw, h0, w, b))
-    xw, h0, _, w, b = _inputs(1, F64)
+        lambda *a: kernels.gru_recurrence(a[0], a[1], a[2], kh, u, 0.3, training, b_hh=a[3]),
+        (rnd(t, b, 3 * h), rnd(b, h), rnd(3 * h, h, scale=0.5), rnd(3 * h, scale=0.5)))
     assert torch.autograd.gradcheck(
-        lambda *a: kernels.rnn_recurrence(*a, kh, u, 0.3, training, "tanh"), (xw, h0, w))
+        lambda *a: kernels.rnn_recurrence(*a, kh, u, 0.3, training, "tanh"),
+        (rnd(t, b, h), rnd(b, h), rnd(h, h, scale=0.5)))
 
 
 def test_no_grad_path_equals_grad_path(path):
