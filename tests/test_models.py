@@ -25,7 +25,7 @@ def _torch_copy(model: LanguageModel, layers: int) -> nn.LSTM:
 @pytest.mark.parametrize("embedding_size", [None, 5])
 def test_rate_zero_equals_torch_lstm_stack(embedding_size):
     torch.manual_seed(0)
-    m = LanguageModel(V, embedding_size=embedding_size, hidden_size=H, num_layers=2).eval()
+    m = LanguageModel(V, backend="reference", embedding_size=embedding_size, hidden_size=H, num_layers=2).eval()
     ref = _torch_copy(m, 2)
     tokens = torch.randint(0, V, (6, 3))
     logits, hidden = m(tokens)
@@ -40,30 +40,30 @@ def test_rate_zero_equals_torch_lstm_stack(embedding_size):
 
 
 def test_shapes_and_parameter_count_one_hot():
-    m = LanguageModel(V, hidden_size=H)
+    m = LanguageModel(V, backend="reference", hidden_size=H)
     assert m(torch.randint(0, V, (4, 2)))[0].shape == (4, 2, V)
     # one-hot: LSTM (4H*(V+H) + 8H) + decoder (H*V + V)
     assert count_parameters(m) == 4 * H * (V + H) + 8 * H + H * V + V
 
 
 def test_tied_weights_share_and_count_once():
-    m = LanguageModel(V, embedding_size=H, hidden_size=H, tie_weights=True)
+    m = LanguageModel(V, backend="reference", embedding_size=H, hidden_size=H, tie_weights=True)
     assert m.decoder.weight is m.embedding.weight
-    untied = LanguageModel(V, embedding_size=H, hidden_size=H)
+    untied = LanguageModel(V, backend="reference", embedding_size=H, hidden_size=H)
     assert count_parameters(untied) - count_parameters(m) == V * H
     with pytest.raises(ValueError, match="embedding_size == hidden_size"):
-        LanguageModel(V, embedding_size=4, hidden_size=H, tie_weights=True)
+        LanguageModel(V, backend="reference", embedding_size=4, hidden_size=H, tie_weights=True)
 
 
 def test_init_range_uniform():
-    m = LanguageModel(V, embedding_size=5, hidden_size=H, init_range=0.04)
+    m = LanguageModel(V, backend="reference", embedding_size=5, hidden_size=H, init_range=0.04)
     for p in m.parameters():
         assert p.abs().max() <= 0.04
     assert max(p.abs().max() for p in m.parameters()) > 0.03
 
 
 def test_zoneout_rates_reach_the_layers_and_eval_is_deterministic():
-    m = LanguageModel(V, hidden_size=H, num_layers=2, zoneout_c=0.5, zoneout_h=0.05)
+    m = LanguageModel(V, backend="reference", hidden_size=H, num_layers=2, zoneout_c=0.5, zoneout_h=0.05)
     assert all((r.zoneout_c, r.zoneout_h) == (0.5, 0.05) for r in m.rnns)
     tokens = torch.randint(0, V, (5, 2))
     m.eval()
@@ -73,7 +73,7 @@ def test_zoneout_rates_reach_the_layers_and_eval_is_deterministic():
 
 
 def test_dropout_only_in_training_and_variational_mask_shared_over_time():
-    m = LanguageModel(V, embedding_size=6, hidden_size=H, dropout=0.5, variational_dropout=True)
+    m = LanguageModel(V, backend="reference", embedding_size=6, hidden_size=H, dropout=0.5, variational_dropout=True)
     x = torch.ones(7, 3, 6)
     m.train()
     y = m.drop_in(x)
@@ -83,20 +83,20 @@ def test_dropout_only_in_training_and_variational_mask_shared_over_time():
 
 
 def test_norm_stabilizer_penalty_only_in_training():
-    m = LanguageModel(V, hidden_size=H, norm_stabilizer_beta=50.0)
+    m = LanguageModel(V, backend="reference", hidden_size=H, norm_stabilizer_beta=50.0)
     m.train()
     m(torch.randint(0, V, (6, 2)))
     assert m.regularization_loss() is not None and m.regularization_loss() > 0
     m.eval()
     m(torch.randint(0, V, (6, 2)))
     assert m.regularization_loss() is None
-    cells = LanguageModel(V, hidden_size=H, norm_stabilizer_beta=1.0, norm_stabilizer_on_cells=True).train()
+    cells = LanguageModel(V, backend="reference", hidden_size=H, norm_stabilizer_beta=1.0, norm_stabilizer_on_cells=True).train()
     cells(torch.randint(0, V, (6, 2)))
     assert cells.rnns[0].record_cells and cells.regularization_loss() > 0
 
 
 def test_weight_noise_context_perturbs_then_restores():
-    m = LanguageModel(V, hidden_size=H, weight_noise_std=0.1).train()
+    m = LanguageModel(V, backend="reference", hidden_size=H, weight_noise_std=0.1).train()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     tokens = torch.randint(0, V, (4, 2))
     with m.weight_noise():
@@ -112,18 +112,18 @@ def test_weight_noise_context_perturbs_then_restores():
 @pytest.mark.parametrize("cell", ["gru", "rnn", "bnlstm"])
 def test_other_cells_build_and_run(cell):
     kw = {"zoneout_h": 0.1} if cell != "bnlstm" else {"zoneout_c": 0.1, "zoneout_h": 0.1}
-    m = LanguageModel(V, cell=cell, hidden_size=H, num_layers=2, max_length=6, **kw)
+    m = LanguageModel(V, backend="reference", cell=cell, hidden_size=H, num_layers=2, max_length=6, **kw)
     logits, hidden = m(torch.randint(0, V, (6, 2)))
     assert logits.shape == (6, 2, V) and len(hidden) == 2
 
 
 def test_sequence_classifier_reads_last_hidden_state():
     torch.manual_seed(0)
-    m = SequenceClassifier(num_classes=10, hidden_size=H, zoneout_c=0.15, zoneout_h=0.15).eval()
+    m = SequenceClassifier(backend="reference", num_classes=10, hidden_size=H, zoneout_c=0.15, zoneout_h=0.15).eval()
     x = torch.rand(3, 20)
     logits = m(x)
     assert logits.shape == (3, 10)
     out, _ = m.rnns[0](x.t().unsqueeze(-1))
     torch.testing.assert_close(logits, m.classifier(out[-1]), rtol=0, atol=1e-6)
     # pMNIST paper size: 1 x 100 LSTM on one pixel per step -> ~42k parameters (paper §4.2)
-    assert 41_000 < count_parameters(SequenceClassifier(hidden_size=100)) < 43_000
+    assert 41_000 < count_parameters(SequenceClassifier(backend="reference", hidden_size=100)) < 43_000
