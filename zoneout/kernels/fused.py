@@ -28,6 +28,8 @@ __all__ = ["lstm_recurrence", "gru_recurrence", "rnn_recurrence", "available", "
 
 # None = decide on first use (build the extension if possible); True/False forces the choice.
 _USE_EXT: Optional[bool] = None
+# oneDNN for the per-step products (float32 CPU, C++ path): None = when torch has mkldnn.
+_USE_ONEDNN: Optional[bool] = None
 
 
 def use_extension(flag: Optional[bool]) -> None:
@@ -61,6 +63,22 @@ def _mask(m: Optional[Tensor], like: Tensor, T: int, B: int, H: int) -> Optional
     if m.shape != (T, B, H):
         m = m.expand(T, B, H)
     return m.contiguous()
+
+
+def _pack(w_linear: Tensor, batch: int) -> Optional[Tensor]:
+    """``w_linear`` ([N, K], nn.Linear layout) packed for oneDNN's ``x @ w^T``, or None (use at::mm).
+
+    Packing costs about one step's product and is done once per sequence (forward) and once per
+    backward; oneDNN then runs the small per-step products 1.3-2x faster than the BLAS path here.
+    """
+    if _USE_ONEDNN is False or w_linear.dtype != torch.float32 or w_linear.device.type != "cpu":
+        return None
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(w_linear.detach().contiguous(), batch)
+    except (RuntimeError, AttributeError):  # op missing in this torch build
+        return None
 
 
 def _needs_grad(*ts) -> bool:
@@ -241,7 +259,8 @@ class _LSTMFunction(torch.autograd.Function):
     def forward(ctx, xw, h0, c0, w_hh, keep_c, keep_h, update, p_c, p_h, training):
         ext = _ext() if _cpu(xw) else None
         if ext is not None:
-            hs, cs, G, TC = ext.lstm_forward(xw, h0, c0, w_hh, keep_c, keep_h, update, p_c, p_h, training, True)
+            hs, cs, G, TC = ext.lstm_forward(xw, h0, c0, w_hh, keep_c, keep_h, update, p_c, p_h, training, True,
+                                             _pack(w_hh, xw.shape[1]))
         else:
             hs, cs, G, TC = _lstm_forward_py(xw, h0, c0, w_hh, keep_c, keep_h, update, p_c, p_h, training, True)
         ctx.save_for_backward(h0, c0, w_hh, hs, cs, G, TC, keep_c, keep_h, update)
@@ -256,7 +275,7 @@ class _LSTMFunction(torch.autograd.Function):
         args = (dhs, dhT.contiguous(), dcT.contiguous(), h0, c0, w_hh, hs, cs, G, TC,
                 keep_c, keep_h, update, p_c, p_h, training)
         if with_ext:
-            dxw, dh0, dc0, dw = _build.load().lstm_backward(*args)
+            dxw, dh0, dc0, dw = _build.load().lstm_backward(*args, _pack(w_hh.t(), G.shape[1]))
         else:
             dxw, dh0, dc0, dw = _lstm_backward_py(*args)
         return dxw, dh0, dc0, dw, None, None, None, None, None, None
@@ -267,7 +286,8 @@ class _GRUFunction(torch.autograd.Function):
     def forward(ctx, xw, h0, w_hh, b_hh, keep_h, update, p_h, training):
         ext = _ext() if _cpu(xw) else None
         if ext is not None:
-            hs, HH, N = ext.gru_forward(xw, h0, w_hh, b_hh, keep_h, update, p_h, training, True)
+            hs, HH, N = ext.gru_forward(xw, h0, w_hh, b_hh, keep_h, update, p_h, training, True,
+                                        _pack(w_hh, xw.shape[1]))
         else:
             hs, HH, N = _gru_forward_py(xw, h0, w_hh, b_hh, keep_h, update, p_h, training, True)
         ctx.save_for_backward(h0, w_hh, hs, HH, N, keep_h, update)
@@ -280,7 +300,7 @@ class _GRUFunction(torch.autograd.Function):
         p_h, training, with_ext, has_b = ctx.args
         args = (dhs.contiguous(), dhT.contiguous(), h0, w_hh, hs, HH, N, keep_h, update, p_h, training)
         if with_ext:
-            dxw, dh0, dw, db = _build.load().gru_backward(*args)
+            dxw, dh0, dw, db = _build.load().gru_backward(*args, _pack(w_hh.t(), HH.shape[1]))
         else:
             dxw, dh0, dw, db = _gru_backward_py(*args)
         return dxw, dh0, dw, (db if has_b else None), None, None, None, None
@@ -291,7 +311,7 @@ class _RNNFunction(torch.autograd.Function):
     def forward(ctx, xw, h0, w_hh, keep_h, update, p_h, training, relu):
         ext = _ext() if _cpu(xw) else None
         if ext is not None:
-            hs, A = ext.rnn_forward(xw, h0, w_hh, keep_h, update, p_h, training, relu, True)
+            hs, A = ext.rnn_forward(xw, h0, w_hh, keep_h, update, p_h, training, relu, True, _pack(w_hh, xw.shape[1]))
         else:
             hs, A = _rnn_forward_py(xw, h0, w_hh, keep_h, update, p_h, training, relu, True)
         ctx.save_for_backward(h0, w_hh, hs, A, keep_h, update)
@@ -304,7 +324,7 @@ class _RNNFunction(torch.autograd.Function):
         p_h, training, relu, with_ext = ctx.args
         args = (dhs.contiguous(), dhT.contiguous(), h0, w_hh, hs, A, keep_h, update, p_h, training, relu)
         if with_ext:
-            dxw, dh0, dw = _build.load().rnn_backward(*args)
+            dxw, dh0, dw = _build.load().rnn_backward(*args, _pack(w_hh.t(), A.shape[1]))
         else:
             dxw, dh0, dw = _rnn_backward_py(*args)
         return dxw, dh0, dw, None, None, None, None, None
@@ -354,8 +374,11 @@ def lstm_recurrence(
     if _needs_grad(xw, h0, c0, w_hh):
         return _LSTMFunction.apply(xw, h0, c0, w_hh, keep_c, keep_h, update_mask, p_c, p_h, training)
     ext = _ext() if _cpu(xw) else None
-    run = ext.lstm_forward if ext is not None else _lstm_forward_py
-    hs, cs, _, _ = run(xw, h0, c0, w_hh, keep_c, keep_h, update_mask, p_c, p_h, training, False)
+    if ext is not None:
+        hs, cs, _, _ = ext.lstm_forward(xw, h0, c0, w_hh, keep_c, keep_h, update_mask, p_c, p_h, training, False,
+                                        _pack(w_hh, B))
+    else:
+        hs, cs, _, _ = _lstm_forward_py(xw, h0, c0, w_hh, keep_c, keep_h, update_mask, p_c, p_h, training, False)
     c_T = cs[(T - 1) % cs.shape[0]]
     return hs, hs[-1], c_T
 
@@ -393,8 +416,10 @@ def gru_recurrence(
     if _needs_grad(xw, h0, w_hh, b_hh):
         return _GRUFunction.apply(xw, h0, w_hh, b_hh, keep_h, update_mask, p_h, training)
     ext = _ext() if _cpu(xw) else None
-    run = ext.gru_forward if ext is not None else _gru_forward_py
-    hs, _, _ = run(xw, h0, w_hh, b_hh, keep_h, update_mask, p_h, training, False)
+    if ext is not None:
+        hs, _, _ = ext.gru_forward(xw, h0, w_hh, b_hh, keep_h, update_mask, p_h, training, False, _pack(w_hh, B))
+    else:
+        hs, _, _ = _gru_forward_py(xw, h0, w_hh, b_hh, keep_h, update_mask, p_h, training, False)
     return hs, hs[-1]
 
 
@@ -432,6 +457,8 @@ def rnn_recurrence(
     if _needs_grad(xw, h0, w_hh):
         return _RNNFunction.apply(xw, h0, w_hh, keep_h, update_mask, p_h, training, relu)
     ext = _ext() if _cpu(xw) else None
-    run = ext.rnn_forward if ext is not None else _rnn_forward_py
-    hs, _ = run(xw, h0, w_hh, keep_h, update_mask, p_h, training, relu, False)
+    if ext is not None:
+        hs, _ = ext.rnn_forward(xw, h0, w_hh, keep_h, update_mask, p_h, training, relu, False, _pack(w_hh, B))
+    else:
+        hs, _ = _rnn_forward_py(xw, h0, w_hh, keep_h, update_mask, p_h, training, relu, False)
     return hs, hs[-1]

@@ -45,20 +45,25 @@ inline float tanh_(float x) {
 inline double sigmoid_(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline double tanh_(double x) { return std::tanh(x); }
 
+// m: the step's matrix product h_{t-1} @ W_hh^T (from BLAS or oneDNN, a scratch buffer);
+// x: the input projection row. Outputs never alias inputs.
 template <typename scalar_t>
-void lstm_fwd_point(scalar_t* __restrict g, const scalar_t* __restrict x, const scalar_t* __restrict cp, scalar_t* __restrict c_out,
-                    const scalar_t* __restrict hp, scalar_t* __restrict h_out, scalar_t* __restrict tc_out,
-                    const scalar_t* __restrict kc, const scalar_t* __restrict kh,
-                    const scalar_t* __restrict u, int64_t H) {
-  // g holds h_{t-1} @ W_hh^T; add the input projection x and activate in place first (three
-  // plain loops vectorise; one loop writing four runtime-offset slices of one array does not).
-  for (int64_t j = 0; j < 2 * H; ++j) g[j] = sigmoid_(x[j] + g[j]);
-  for (int64_t j = 2 * H; j < 3 * H; ++j) g[j] = tanh_(x[j] + g[j]);
-  for (int64_t j = 3 * H; j < 4 * H; ++j) g[j] = sigmoid_(x[j] + g[j]);
-  const scalar_t* __restrict gi = g;
-  const scalar_t* __restrict gf = g + H;
-  const scalar_t* __restrict gg = g + 2 * H;
-  const scalar_t* __restrict go = g + 3 * H;
+inline void act_range(scalar_t* __restrict out, const scalar_t* __restrict x, const scalar_t* __restrict m,
+                      int64_t n, bool is_tanh) {
+  if (is_tanh) {
+    for (int64_t j = 0; j < n; ++j) out[j] = tanh_(x[j] + m[j]);
+  } else {
+    for (int64_t j = 0; j < n; ++j) out[j] = sigmoid_(x[j] + m[j]);
+  }
+}
+
+template <typename scalar_t>
+inline void lstm_state_row(const scalar_t* __restrict gi, const scalar_t* __restrict gf,
+                           const scalar_t* __restrict gg, const scalar_t* __restrict go,
+                           const scalar_t* __restrict cp, scalar_t* __restrict c_out,
+                           const scalar_t* __restrict hp, scalar_t* __restrict h_out, scalar_t* __restrict tc_out,
+                           const scalar_t* __restrict kc, const scalar_t* __restrict kh,
+                           const scalar_t* __restrict u, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     scalar_t i = gi[j], f = gf[j], gt = gg[j], o = go[j];
     scalar_t gu = gt * u[j];
@@ -74,20 +79,32 @@ void lstm_fwd_point(scalar_t* __restrict g, const scalar_t* __restrict x, const 
   }
 }
 
+// g: activated gates out [4H] (i, f, g, o); then the zoneout state update reads them.
+template <typename scalar_t>
+void lstm_fwd_point(scalar_t* g, const scalar_t* m, const scalar_t* x, const scalar_t* cp, scalar_t* c_out,
+                    const scalar_t* hp, scalar_t* h_out, scalar_t* tc_out, const scalar_t* kc, const scalar_t* kh,
+                    const scalar_t* u, int64_t H) {
+  act_range<scalar_t>(g, x, m, 2 * H, false);
+  act_range<scalar_t>(g + 2 * H, x + 2 * H, m + 2 * H, H, true);
+  act_range<scalar_t>(g + 3 * H, x + 3 * H, m + 3 * H, H, false);
+  lstm_state_row<scalar_t>(g, g + H, g + 2 * H, g + 3 * H, cp, c_out, hp, h_out, tc_out, kc, kh, u, H);
+}
+
 // The gate blocks of one row are passed as separate __restrict pointers: GCC cannot prove that
 // writes to g + k*H (runtime H) do not overlap, and would not vectorise otherwise.
+// r: dG_{t+1} @ W_hh (this step's share of the recurrent gradient), dh: the zoneout carry.
 template <typename scalar_t>
 inline void lstm_bwd_row(const scalar_t* __restrict gi, const scalar_t* __restrict gf,
                          const scalar_t* __restrict gg, const scalar_t* __restrict go,
                          const scalar_t* __restrict tc, const scalar_t* __restrict cp,
-                         const scalar_t* __restrict dhs, scalar_t* __restrict dh, scalar_t* __restrict dc,
-                         scalar_t* __restrict dgi, scalar_t* __restrict dgf, scalar_t* __restrict dgg,
-                         scalar_t* __restrict dgo, const scalar_t* __restrict kc, const scalar_t* __restrict kh,
-                         const scalar_t* __restrict u, int64_t H) {
+                         const scalar_t* __restrict dhs, const scalar_t* __restrict r, scalar_t* __restrict dh,
+                         scalar_t* __restrict dc, scalar_t* __restrict dgi, scalar_t* __restrict dgf,
+                         scalar_t* __restrict dgg, scalar_t* __restrict dgo, const scalar_t* __restrict kc,
+                         const scalar_t* __restrict kh, const scalar_t* __restrict u, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     scalar_t ah = kh[j];
     scalar_t ac = kc[j];
-    scalar_t dht = dh[j] + dhs[j];  // dh holds the carry from step t+1 (incl. dG_{t+1} @ W_hh)
+    scalar_t dht = dh[j] + r[j] + dhs[j];
     scalar_t dct = dc[j];
     scalar_t dhn = (scalar_t(1) - ah) * dht;
     scalar_t i = gi[j], f = gf[j], gt = gg[j], o = go[j], t = tc[j];
@@ -103,26 +120,28 @@ inline void lstm_bwd_row(const scalar_t* __restrict gi, const scalar_t* __restri
 }
 
 template <typename scalar_t>
-void lstm_bwd_point(const scalar_t* g, const scalar_t* tc, const scalar_t* cp, const scalar_t* dhs, scalar_t* dh,
-                    scalar_t* dc, scalar_t* dG, const scalar_t* kc, const scalar_t* kh, const scalar_t* u,
-                    int64_t H) {
-  lstm_bwd_row<scalar_t>(g, g + H, g + 2 * H, g + 3 * H, tc, cp, dhs, dh, dc, dG, dG + H, dG + 2 * H, dG + 3 * H,
-                         kc, kh, u, H);
+void lstm_bwd_point(const scalar_t* g, const scalar_t* tc, const scalar_t* cp, const scalar_t* dhs, const scalar_t* r,
+                    scalar_t* dh, scalar_t* dc, scalar_t* dG, const scalar_t* kc, const scalar_t* kh,
+                    const scalar_t* u, int64_t H) {
+  lstm_bwd_row<scalar_t>(g, g + H, g + 2 * H, g + 3 * H, tc, cp, dhs, r, dh, dc, dG, dG + H, dG + 2 * H,
+                         dG + 3 * H, kc, kh, u, H);
 }
 
 template <typename scalar_t>
 inline void gru_fwd_row(const scalar_t* __restrict xr, const scalar_t* __restrict xz,
-                        const scalar_t* __restrict xn, scalar_t* __restrict hr, scalar_t* __restrict hz,
-                        scalar_t* __restrict hn_, const scalar_t* __restrict br, const scalar_t* __restrict bz,
-                        const scalar_t* __restrict bn, scalar_t* __restrict n_out, const scalar_t* __restrict hp,
+                        const scalar_t* __restrict xn, const scalar_t* __restrict mr,
+                        const scalar_t* __restrict mz, const scalar_t* __restrict mn,
+                        const scalar_t* __restrict br, const scalar_t* __restrict bz,
+                        const scalar_t* __restrict bn, scalar_t* __restrict r_out, scalar_t* __restrict z_out,
+                        scalar_t* __restrict hn_out, scalar_t* __restrict n_out, const scalar_t* __restrict hp,
                         scalar_t* __restrict h_out, const scalar_t* __restrict kh, const scalar_t* __restrict u,
                         int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
-    scalar_t r = sigmoid_(xr[j] + (hr[j] + br[j]));
-    scalar_t z = sigmoid_(xz[j] + (hz[j] + bz[j]));
-    scalar_t hn = hn_[j] + bn[j];
+    scalar_t r = sigmoid_(xr[j] + (mr[j] + br[j]));
+    scalar_t z = sigmoid_(xz[j] + (mz[j] + bz[j]));
+    scalar_t hn = mn[j] + bn[j];
     scalar_t n = tanh_(xn[j] + r * hn);
-    hr[j] = r; hz[j] = z; hn_[j] = hn;  // (r, z, W_hn h + b_hn) are what backward needs
+    r_out[j] = r; z_out[j] = z; hn_out[j] = hn;  // (r, z, W_hn h + b_hn) are what backward needs
     n_out[j] = n;
     scalar_t nu = n * u[j];
     scalar_t h_prev = hp[j];
@@ -132,26 +151,27 @@ inline void gru_fwd_row(const scalar_t* __restrict xr, const scalar_t* __restric
   }
 }
 
-// hh: h_{t-1} @ W_hh^T on entry (without b_hh), (r, z, W_hn h + b_hn) on exit; b: b_hh row [3H].
+// m: h_{t-1} @ W_hh^T (no bias); hh out: (r, z, W_hn h + b_hn); b: b_hh row [3H] (zeros if none).
 template <typename scalar_t>
-void gru_fwd_point(const scalar_t* x, scalar_t* hh, const scalar_t* b, scalar_t* n_out, const scalar_t* hp,
-                   scalar_t* h_out, const scalar_t* kh, const scalar_t* u, int64_t H) {
-  gru_fwd_row<scalar_t>(x, x + H, x + 2 * H, hh, hh + H, hh + 2 * H, b, b + H, b + 2 * H, n_out, hp, h_out, kh, u,
-                        H);
+void gru_fwd_point(const scalar_t* x, const scalar_t* m, scalar_t* hh, const scalar_t* b, scalar_t* n_out,
+                   const scalar_t* hp, scalar_t* h_out, const scalar_t* kh, const scalar_t* u, int64_t H) {
+  gru_fwd_row<scalar_t>(x, x + H, x + 2 * H, m, m + H, m + 2 * H, b, b + H, b + 2 * H, hh, hh + H, hh + 2 * H, n_out,
+                        hp, h_out, kh, u, H);
 }
 
 template <typename scalar_t>
 inline void gru_bwd_row(const scalar_t* __restrict rr, const scalar_t* __restrict zz,
                         const scalar_t* __restrict hn_, const scalar_t* __restrict n_,
-                        const scalar_t* __restrict hp, const scalar_t* __restrict dhs, scalar_t* __restrict dh,
-                        scalar_t* __restrict dxr, scalar_t* __restrict dxz, scalar_t* __restrict dxn,
-                        scalar_t* __restrict dhr, scalar_t* __restrict dhz, scalar_t* __restrict dhn,
-                        const scalar_t* __restrict kh, const scalar_t* __restrict u, int64_t H) {
+                        const scalar_t* __restrict hp, const scalar_t* __restrict dhs, const scalar_t* __restrict rm,
+                        scalar_t* __restrict dh, scalar_t* __restrict dxr, scalar_t* __restrict dxz,
+                        scalar_t* __restrict dxn, scalar_t* __restrict dhr, scalar_t* __restrict dhz,
+                        scalar_t* __restrict dhn, const scalar_t* __restrict kh, const scalar_t* __restrict u,
+                        int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     scalar_t r = rr[j], z = zz[j], hn = hn_[j], n = n_[j];
     scalar_t ah = kh[j];
     scalar_t uj = u[j];
-    scalar_t dht = dh[j] + dhs[j];
+    scalar_t dht = dh[j] + rm[j] + dhs[j];
     scalar_t dnew = (scalar_t(1) - ah) * dht;
     scalar_t h_prev = hp[j];
     scalar_t dgz = dnew * (h_prev - n * uj) * z * (scalar_t(1) - z);
@@ -164,19 +184,20 @@ inline void gru_bwd_row(const scalar_t* __restrict rr, const scalar_t* __restric
 }
 
 template <typename scalar_t>
-void gru_bwd_point(const scalar_t* hh, const scalar_t* n_, const scalar_t* hp, const scalar_t* dhs, scalar_t* dh,
-                   scalar_t* dx, scalar_t* dhh, const scalar_t* kh, const scalar_t* u, int64_t H) {
-  gru_bwd_row<scalar_t>(hh, hh + H, hh + 2 * H, n_, hp, dhs, dh, dx, dx + H, dx + 2 * H, dhh, dhh + H, dhh + 2 * H,
-                        kh, u, H);
+void gru_bwd_point(const scalar_t* hh, const scalar_t* n_, const scalar_t* hp, const scalar_t* dhs, const scalar_t* r,
+                   scalar_t* dh, scalar_t* dx, scalar_t* dhh, const scalar_t* kh, const scalar_t* u, int64_t H) {
+  gru_bwd_row<scalar_t>(hh, hh + H, hh + 2 * H, n_, hp, dhs, r, dh, dx, dx + H, dx + 2 * H, dhh, dhh + H,
+                        dhh + 2 * H, kh, u, H);
 }
 
 template <typename scalar_t, bool relu>
-void rnn_fwd_point(scalar_t* __restrict pre, const scalar_t* __restrict x, const scalar_t* __restrict hp, scalar_t* __restrict h_out,
-                   const scalar_t* __restrict kh, const scalar_t* __restrict u, int64_t H) {
+void rnn_fwd_point(scalar_t* __restrict a_out, const scalar_t* __restrict m, const scalar_t* __restrict x,
+                   const scalar_t* __restrict hp, scalar_t* __restrict h_out, const scalar_t* __restrict kh,
+                   const scalar_t* __restrict u, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
-    scalar_t p = x[j] + pre[j];  // pre holds h_{t-1} @ W_hh^T on entry, act(.) on exit
+    scalar_t p = x[j] + m[j];
     scalar_t a = relu ? (p > scalar_t(0) ? p : scalar_t(0)) : tanh_(p);
-    pre[j] = a;
+    a_out[j] = a;
     scalar_t hn = a * u[j];
     scalar_t ah = kh[j];
     h_out[j] = ah * hp[j] + (scalar_t(1) - ah) * hn;
@@ -184,12 +205,12 @@ void rnn_fwd_point(scalar_t* __restrict pre, const scalar_t* __restrict x, const
 }
 
 template <typename scalar_t, bool relu>
-void rnn_bwd_point(const scalar_t* __restrict a, const scalar_t* __restrict dhs, scalar_t* __restrict dh,
-                   scalar_t* __restrict dpre, const scalar_t* __restrict kh,
+void rnn_bwd_point(const scalar_t* __restrict a, const scalar_t* __restrict dhs, const scalar_t* __restrict r,
+                   scalar_t* __restrict dh, scalar_t* __restrict dpre, const scalar_t* __restrict kh,
                    const scalar_t* __restrict u, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     scalar_t ah = kh[j];
-    scalar_t dht = dh[j] + dhs[j];
+    scalar_t dht = dh[j] + r[j] + dhs[j];
     scalar_t dnew = (scalar_t(1) - ah) * dht * u[j];
     scalar_t act = a[j];
     dpre[j] = relu ? (act > scalar_t(0) ? dnew : scalar_t(0)) : dnew * (scalar_t(1) - act * act);
