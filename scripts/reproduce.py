@@ -110,7 +110,9 @@ def prepare_data(datasets: list[dict], data_dir: str | None, mirror: str | None)
             print(f"[reproduce]   {d.label if hasattr(d, 'label') else name}: "
                   f"{len(d.train[1])}/{len(d.valid[1])}/{len(d.test[1])} examples", flush=True)
         else:
-            c = zdata.load_corpus(name, data_dir, download=True, mirror=mirrors or None)
+            kw = {"local_file": spec["local_file"]} if spec.get("local_file") else {"download": True,
+                                                                                   "mirror": mirrors or None}
+            c = zdata.load_corpus(name, data_dir, **kw)
             print(f"[reproduce]   {c.describe() if hasattr(c, 'describe') else name}", flush=True)
 
 
