@@ -84,6 +84,15 @@ def test_scales_rows_and_statistics():
     assert [r.status for r in rd.other] == ["failed"]  # listed, never averaged
 
 
+def test_runs_without_a_table_are_skipped(tmp_path):
+    d = tmp_path / "experiments" / "default" / "2026-12-01_00-00-00_seed1"
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({"experiment": "default", "table": None, "metric": "bpc",
+                                                "test_bpc": 1.0, "status": "completed", "meta": {}}))
+    assert results.find_run_dirs([tmp_path / "experiments"]) == [d]
+    assert results.collect([tmp_path / "experiments"]) == []
+
+
 def test_latest_run_of_a_seed_wins(tmp_path):
     src = FIX / "experiments/reproduce/cpu/char_ptb/lstm_baseline/seed1"
     root = tmp_path / "experiments"

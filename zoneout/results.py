@@ -150,7 +150,8 @@ def _float(x: Any) -> float | None:
 
 
 def load_run(run_dir: str | Path, base: str | Path | None = None) -> Run | None:
-    """Read one run folder. Returns None when it has no ``metrics.json`` or no table/experiment."""
+    """Read one run folder. Returns None when it has no ``metrics.json`` or belongs to no table (e.g. a run of
+    the default config without an experiment row)."""
     run_dir = Path(run_dir)
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():
@@ -166,7 +167,8 @@ def load_run(run_dir: str | Path, base: str | Path | None = None) -> Run | None:
     overrides = _overrides_of(metrics, run_dir)
     experiment = (metrics.get("experiment") or config.get("experiment_name")
                   or next((o.split("=", 1)[1] for o in overrides if _key(o) == "experiment"), None))
-    table = metrics.get("table") or meta.get("table") or (experiment.split("/")[0] if experiment else None)
+    # a run belongs to a table through its row's meta (or an experiment named <table>/<row>); others are skipped
+    table = metrics.get("table") or meta.get("table") or (experiment.split("/")[0] if "/" in str(experiment) else None)
     if not table or not experiment:
         return None
     metric = (metrics.get("metric") or str(meta.get("metric", "")).split("_")[-1]
@@ -659,7 +661,8 @@ def plot_heatmap(groups: list[Group], path: Path, title: str) -> bool:
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
             if not math.isnan(v):
-                ax.text(j, i, fmt(v, metric), ha="center", va="center", fontsize=8, color="w")
+                dark = im.norm(v) > 0.5  # viridis_r: high values are dark cells
+                ax.text(j, i, fmt(v, metric), ha="center", va="center", fontsize=8, color="w" if dark else "k")
     fig.colorbar(im, ax=ax, label=f"valid {metric.upper()}")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
