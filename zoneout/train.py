@@ -456,8 +456,11 @@ def run(cfg: TrainConfig, *, command: Optional[str] = None, overrides: Sequence[
     except BaseException as e:
         log.exception("run failed: %s", e)
         if "data" in locals() and "state" in locals():  # record the failure once the run was under way
-            _write_metrics(run_dir, cfg, locals(), "failed", {"error": f"{type(e).__name__}: {e}"}, command,
-                           overrides, device)
+            try:
+                _write_metrics(run_dir, cfg, locals(), "failed", {"error": f"{type(e).__name__}: {e}"}, command,
+                               overrides, device)
+            except OSError as write_error:   # e.g. the run folder is gone; keep the original error
+                log.error("could not write metrics.json: %s", write_error)
         raise
     finally:
         if wb is not None:   # finish explicitly: completed -> 0; preempted -> marked, resumed later; else failed
