@@ -296,3 +296,21 @@ def test_cli_rejects_bad_config_before_work(tmp_path):
     assert p.returncode == zt.CONFIG_ERROR_EXIT_CODE
     assert "model.zoneout_c=1.5 is outside [0, 1]" in err
     assert not (tmp_path / "run" / "train.log").exists()
+
+
+def test_demo_trains_both_models_and_prints_side_by_side(tmp_path, stdlib_dir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "scripts/demo.py", "--data-dir", str(stdlib_dir), "--out", str(tmp_path),
+                        "--train-tokens", "3000", "--hidden", "8", "--epochs", "1", "--seq-len", "20",
+                        "--batch-size", "4", "--eval-batches", "2"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    header = next(line for line in lines if "unregularized" in line and "zoneout" in line)
+    assert header.index("zoneout") < header.index("unregularized")
+    row = next(line for line in lines if line.startswith("test BPC"))
+    z, b = (float(v) for v in row.split()[-2:])
+    for name, value in (("zoneout", z), ("baseline", b)):
+        run = next(tmp_path.glob(f"*_stdlib/{name}"))
+        assert json.loads((run / "metrics.json").read_text())["test_bpc"] == pytest.approx(value, abs=5e-4)
+        assert f"run dir ({name}): {run}" in p.stdout
