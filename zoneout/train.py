@@ -18,6 +18,15 @@ exactly (model, optimizer, epoch/step, window position, carried hidden state, to
 Exit codes: 0 done; 2 bad config or data (nothing started); 3 diverged (NaN/inf; last good checkpoint kept);
 75 (EX_TEMPFAIL, "try again") after SIGTERM/SIGUSR1: the current step finished, ``last.pt`` was written and the
 same command -- e.g. a requeued SLURM/submitit job (SLURM ``RequeueExit=75`` or ``scontrol requeue``) -- resumes.
+A requeued job only finds its checkpoint if it gets the same ``run_dir``: the default contains ``${now:...}``, so
+cluster sweeps should set ``run_dir`` from stable values (e.g. ``${hydra:sweep.dir}/${hydra:job.num}``, with a
+fixed ``hydra.sweep.dir``). A default (timestamped) run_dir already held by another run gets a ``_1`` suffix; an
+explicit one holding a different config is refused (run folders are never shared; ``.lock`` marks a live run).
+
+Determinism: same seed + config + machine -> identical metrics on CPU (tested, including resume). On GPU,
+``trainer.deterministic=true`` sets ``torch.use_deterministic_algorithms`` (warn-only) and
+``CUBLAS_WORKSPACE_CONFIG``; without it, cuBLAS reductions and the embedding backward (atomic adds) may differ in
+the last bits between runs, so GPU reruns agree to ~1e-6 relative, not bitwise.
 """
 from __future__ import annotations
 
