@@ -256,21 +256,22 @@ def _rnn_backward_py(dhs, dhT, h0, w_hh, hs, A, keep_h, update, p_h, training, r
 # ------------------------------------------------------------------------------------------------
 class _LSTMFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xw, h0, c0, w_hh, keep_c, keep_h, update, p_c, p_h, training):
+    def forward(ctx, xw, h0, c0, w_hh, b_hh, keep_c, keep_h, update, p_c, p_h, training):
         ext = _ext() if _cpu(xw) else None
         if ext is not None:
             hs, cs, G, TC = ext.lstm_forward(xw, h0, c0, w_hh, keep_c, keep_h, update, p_c, p_h, training, True,
-                                             _pack(w_hh, xw.shape[1]))
+                                             _pack(w_hh, xw.shape[1]), b_hh)
         else:
-            hs, cs, G, TC = _lstm_forward_py(xw, h0, c0, w_hh, keep_c, keep_h, update, p_c, p_h, training, True)
+            xb = xw if b_hh is None else xw + b_hh
+            hs, cs, G, TC = _lstm_forward_py(xb, h0, c0, w_hh, keep_c, keep_h, update, p_c, p_h, training, True)
         ctx.save_for_backward(h0, c0, w_hh, hs, cs, G, TC, keep_c, keep_h, update)
-        ctx.args = (p_c, p_h, training, ext is not None)
+        ctx.args = (p_c, p_h, training, ext is not None, b_hh is not None)
         return hs, hs[-1].clone(), cs[-1].clone()
 
     @staticmethod
     def backward(ctx, dhs, dhT, dcT):
         h0, c0, w_hh, hs, cs, G, TC, keep_c, keep_h, update = ctx.saved_tensors
-        p_c, p_h, training, with_ext = ctx.args
+        p_c, p_h, training, with_ext, has_b = ctx.args
         dhs = dhs.contiguous()
         args = (dhs, dhT.contiguous(), dcT.contiguous(), h0, c0, w_hh, hs, cs, G, TC,
                 keep_c, keep_h, update, p_c, p_h, training)
@@ -278,7 +279,8 @@ class _LSTMFunction(torch.autograd.Function):
             dxw, dh0, dc0, dw = _build.load().lstm_backward(*args, _pack(w_hh.t(), G.shape[1]))
         else:
             dxw, dh0, dc0, dw = _lstm_backward_py(*args)
-        return dxw, dh0, dc0, dw, None, None, None, None, None, None
+        db = dxw.view(-1, dxw.shape[-1]).sum(0) if has_b else None
+        return dxw, dh0, dc0, dw, db, None, None, None, None, None, None
 
 
 class _GRUFunction(torch.autograd.Function):
@@ -308,26 +310,29 @@ class _GRUFunction(torch.autograd.Function):
 
 class _RNNFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xw, h0, w_hh, keep_h, update, p_h, training, relu):
+    def forward(ctx, xw, h0, w_hh, b_hh, keep_h, update, p_h, training, relu):
         ext = _ext() if _cpu(xw) else None
         if ext is not None:
-            hs, A = ext.rnn_forward(xw, h0, w_hh, keep_h, update, p_h, training, relu, True, _pack(w_hh, xw.shape[1]))
+            hs, A = ext.rnn_forward(xw, h0, w_hh, keep_h, update, p_h, training, relu, True, _pack(w_hh, xw.shape[1]),
+                                    b_hh)
         else:
-            hs, A = _rnn_forward_py(xw, h0, w_hh, keep_h, update, p_h, training, relu, True)
+            xb = xw if b_hh is None else xw + b_hh
+            hs, A = _rnn_forward_py(xb, h0, w_hh, keep_h, update, p_h, training, relu, True)
         ctx.save_for_backward(h0, w_hh, hs, A, keep_h, update)
-        ctx.args = (p_h, training, relu, ext is not None)
+        ctx.args = (p_h, training, relu, ext is not None, b_hh is not None)
         return hs, hs[-1].clone()
 
     @staticmethod
     def backward(ctx, dhs, dhT):
         h0, w_hh, hs, A, keep_h, update = ctx.saved_tensors
-        p_h, training, relu, with_ext = ctx.args
+        p_h, training, relu, with_ext, has_b = ctx.args
         args = (dhs.contiguous(), dhT.contiguous(), h0, w_hh, hs, A, keep_h, update, p_h, training, relu)
         if with_ext:
             dxw, dh0, dw = _build.load().rnn_backward(*args, _pack(w_hh.t(), A.shape[1]))
         else:
             dxw, dh0, dw = _rnn_backward_py(*args)
-        return dxw, dh0, dw, None, None, None, None, None
+        db = dxw.view(-1, dxw.shape[-1]).sum(0) if has_b else None
+        return dxw, dh0, dw, db, None, None, None, None, None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -362,23 +367,23 @@ def lstm_recurrence(
     """
     T, B, H4 = xw.shape
     H = H4 // 4
-    if b_hh is not None:
-        xw = xw + b_hh
     if T == 0:
         return xw.new_empty(0, B, H), h0, c0
     xw, h0, c0, w_hh = xw.contiguous(), h0.contiguous(), c0.contiguous(), w_hh.contiguous()
+    b_hh = None if b_hh is None else b_hh.contiguous()  # added inside the pointwise pass
     keep_c = _mask(keep_c, xw, T, B, H) if training else None
     keep_h = _mask(keep_h, xw, T, B, H) if training else None
     update_mask = _mask(update_mask, xw, T, B, H)
     p_c, p_h, training = float(p_c), float(p_h), bool(training)
-    if _needs_grad(xw, h0, c0, w_hh):
-        return _LSTMFunction.apply(xw, h0, c0, w_hh, keep_c, keep_h, update_mask, p_c, p_h, training)
+    if _needs_grad(xw, h0, c0, w_hh, b_hh):
+        return _LSTMFunction.apply(xw, h0, c0, w_hh, b_hh, keep_c, keep_h, update_mask, p_c, p_h, training)
     ext = _ext() if _cpu(xw) else None
     if ext is not None:
         hs, cs, _, _ = ext.lstm_forward(xw, h0, c0, w_hh, keep_c, keep_h, update_mask, p_c, p_h, training, False,
-                                        _pack(w_hh, B))
+                                        _pack(w_hh, B), b_hh)
     else:
-        hs, cs, _, _ = _lstm_forward_py(xw, h0, c0, w_hh, keep_c, keep_h, update_mask, p_c, p_h, training, False)
+        xb = xw if b_hh is None else xw + b_hh
+        hs, cs, _, _ = _lstm_forward_py(xb, h0, c0, w_hh, keep_c, keep_h, update_mask, p_c, p_h, training, False)
     c_T = cs[(T - 1) % cs.shape[0]]
     return hs, hs[-1], c_T
 
@@ -446,19 +451,19 @@ def rnn_recurrence(
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     T, B, H = xw.shape
-    if b_hh is not None:
-        xw = xw + b_hh
     if T == 0:
         return xw.new_empty(0, B, H), h0
     xw, h0, w_hh = xw.contiguous(), h0.contiguous(), w_hh.contiguous()
+    b_hh = None if b_hh is None else b_hh.contiguous()  # added inside the pointwise pass
     keep_h = _mask(keep_h, xw, T, B, H) if training else None
     update_mask = _mask(update_mask, xw, T, B, H)
     p_h, training, relu = float(p_h), bool(training), nonlinearity == "relu"
-    if _needs_grad(xw, h0, w_hh):
-        return _RNNFunction.apply(xw, h0, w_hh, keep_h, update_mask, p_h, training, relu)
+    if _needs_grad(xw, h0, w_hh, b_hh):
+        return _RNNFunction.apply(xw, h0, w_hh, b_hh, keep_h, update_mask, p_h, training, relu)
     ext = _ext() if _cpu(xw) else None
     if ext is not None:
-        hs, _ = ext.rnn_forward(xw, h0, w_hh, keep_h, update_mask, p_h, training, relu, False, _pack(w_hh, B))
+        hs, _ = ext.rnn_forward(xw, h0, w_hh, keep_h, update_mask, p_h, training, relu, False, _pack(w_hh, B), b_hh)
     else:
-        hs, _ = _rnn_forward_py(xw, h0, w_hh, keep_h, update_mask, p_h, training, relu, False)
+        xb = xw if b_hh is None else xw + b_hh
+        hs, _ = _rnn_forward_py(xb, h0, w_hh, keep_h, update_mask, p_h, training, relu, False)
     return hs, hs[-1]

@@ -47,13 +47,14 @@ inline double tanh_(double x) { return std::tanh(x); }
 
 // m: the step's matrix product h_{t-1} @ W_hh^T (from BLAS or oneDNN, a scratch buffer);
 // x: the input projection row. Outputs never alias inputs.
+// b: the b_hh row (zeros when there is none); x + (m + b) is the reference's association.
 template <typename scalar_t>
 inline void act_range(scalar_t* __restrict out, const scalar_t* __restrict x, const scalar_t* __restrict m,
-                      int64_t n, bool is_tanh) {
+                      const scalar_t* __restrict b, int64_t n, bool is_tanh) {
   if (is_tanh) {
-    for (int64_t j = 0; j < n; ++j) out[j] = tanh_(x[j] + m[j]);
+    for (int64_t j = 0; j < n; ++j) out[j] = tanh_(x[j] + (m[j] + b[j]));
   } else {
-    for (int64_t j = 0; j < n; ++j) out[j] = sigmoid_(x[j] + m[j]);
+    for (int64_t j = 0; j < n; ++j) out[j] = sigmoid_(x[j] + (m[j] + b[j]));
   }
 }
 
@@ -81,12 +82,12 @@ inline void lstm_state_row(const scalar_t* __restrict gi, const scalar_t* __rest
 
 // g: activated gates out [4H] (i, f, g, o); then the zoneout state update reads them.
 template <typename scalar_t>
-void lstm_fwd_point(scalar_t* g, const scalar_t* m, const scalar_t* x, const scalar_t* cp, scalar_t* c_out,
+void lstm_fwd_point(scalar_t* g, const scalar_t* m, const scalar_t* x, const scalar_t* b, const scalar_t* cp, scalar_t* c_out,
                     const scalar_t* hp, scalar_t* h_out, scalar_t* tc_out, const scalar_t* kc, const scalar_t* kh,
                     const scalar_t* u, int64_t H) {
-  act_range<scalar_t>(g, x, m, 2 * H, false);
-  act_range<scalar_t>(g + 2 * H, x + 2 * H, m + 2 * H, H, true);
-  act_range<scalar_t>(g + 3 * H, x + 3 * H, m + 3 * H, H, false);
+  act_range<scalar_t>(g, x, m, b, 2 * H, false);
+  act_range<scalar_t>(g + 2 * H, x + 2 * H, m + 2 * H, b + 2 * H, H, true);
+  act_range<scalar_t>(g + 3 * H, x + 3 * H, m + 3 * H, b + 3 * H, H, false);
   lstm_state_row<scalar_t>(g, g + H, g + 2 * H, g + 3 * H, cp, c_out, hp, h_out, tc_out, kc, kh, u, H);
 }
 
@@ -192,10 +193,10 @@ void gru_bwd_point(const scalar_t* hh, const scalar_t* n_, const scalar_t* hp, c
 
 template <typename scalar_t, bool relu>
 void rnn_fwd_point(scalar_t* __restrict a_out, const scalar_t* __restrict m, const scalar_t* __restrict x,
-                   const scalar_t* __restrict hp, scalar_t* __restrict h_out, const scalar_t* __restrict kh,
+                   const scalar_t* __restrict bias, const scalar_t* __restrict hp, scalar_t* __restrict h_out, const scalar_t* __restrict kh,
                    const scalar_t* __restrict u, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
-    scalar_t p = x[j] + m[j];
+    scalar_t p = x[j] + (m[j] + bias[j]);
     scalar_t a = relu ? (p > scalar_t(0) ? p : scalar_t(0)) : tanh_(p);
     a_out[j] = a;
     scalar_t hn = a * u[j];

@@ -102,7 +102,7 @@ StepProduct make_product(const Tensor& w_linear, const optional<Tensor>& packed,
 std::vector<Tensor> lstm_forward(const Tensor& xw, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
                                  const optional<Tensor>& keep_c, const optional<Tensor>& keep_h,
                                  const optional<Tensor>& update, double p_c, double p_h, bool training,
-                                 bool save, const optional<Tensor>& w_packed) {
+                                 bool save, const optional<Tensor>& w_packed, const optional<Tensor>& b_hh) {
   const int64_t T = xw.size(0), B = xw.size(1), H = h0.size(1);
   auto hs = at::empty({T, B, H}, xw.options());
   auto cs = at::empty({save ? T : 2, B, H}, xw.options());
@@ -113,6 +113,8 @@ std::vector<Tensor> lstm_forward(const Tensor& xw, const Tensor& h0, const Tenso
     auto kc = make_keep<scalar_t>(keep_c, p_c, training, B, H);
     auto kh = make_keep<scalar_t>(keep_h, p_h, training, B, H);
     auto uu = make_rows<scalar_t>(update, 1.0, B, H);
+    auto bias = make_rows<scalar_t>(b_hh, 0.0, 1, 4 * H);  // zeros when there is no b_hh
+    const scalar_t* bp = bias.row(0, 0);
     Tensor h_prev = h0, c_prev = c0;
     for (int64_t t = 0; t < T; ++t) {
       Tensor m = prod(h_prev);
@@ -128,7 +130,7 @@ std::vector<Tensor> lstm_forward(const Tensor& xw, const Tensor& h0, const Tenso
       scalar_t* tcp = TC[save ? t : 0].data_ptr<scalar_t>();
       at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
-          lstm_fwd_point<scalar_t>(gp + b * 4 * H, mp + b * 4 * H, xp + b * 4 * H, cpp + b * H, cop + b * H,
+          lstm_fwd_point<scalar_t>(gp + b * 4 * H, mp + b * 4 * H, xp + b * 4 * H, bp, cpp + b * H, cop + b * H,
                                    hpp + b * H, hop + b * H, tcp + b * H, kc.row(t, b), kh.row(t, b),
                                    uu.row(t, b), H);
         }
@@ -271,7 +273,8 @@ std::vector<Tensor> gru_backward(const Tensor& dhs, const Tensor& dhT, const Ten
 // Returns {hs [T,B,H], A [T,B,H] = act(pre)}.
 std::vector<Tensor> rnn_forward(const Tensor& xw, const Tensor& h0, const Tensor& w_hh,
                                 const optional<Tensor>& keep_h, const optional<Tensor>& update, double p_h,
-                                bool training, bool relu, bool save, const optional<Tensor>& w_packed) {
+                                bool training, bool relu, bool save, const optional<Tensor>& w_packed,
+                                const optional<Tensor>& b_hh) {
   const int64_t T = xw.size(0), B = xw.size(1), H = h0.size(1);
   auto hs = at::empty({T, B, H}, xw.options());
   auto A = at::empty({save ? T : 1, B, H}, xw.options());
@@ -280,6 +283,8 @@ std::vector<Tensor> rnn_forward(const Tensor& xw, const Tensor& h0, const Tensor
     auto kh = make_keep<scalar_t>(keep_h, p_h, training, B, H);
     auto uu = make_rows<scalar_t>(update, 1.0, B, H);
     auto fwd = relu ? rnn_fwd_point<scalar_t, true> : rnn_fwd_point<scalar_t, false>;
+    auto bias = make_rows<scalar_t>(b_hh, 0.0, 1, H);
+    const scalar_t* bp = bias.row(0, 0);
     Tensor h_prev = h0;
     for (int64_t t = 0; t < T; ++t) {
       Tensor m = prod(h_prev);
@@ -291,7 +296,7 @@ std::vector<Tensor> rnn_forward(const Tensor& xw, const Tensor& h0, const Tensor
       scalar_t* hop = h_t.data_ptr<scalar_t>();
       at::parallel_for(0, B, grain_rows(H), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
-          fwd(ap + b * H, mp + b * H, xp + b * H, hpp + b * H, hop + b * H, kh.row(t, b), uu.row(t, b), H);
+          fwd(ap + b * H, mp + b * H, xp + b * H, bp, hpp + b * H, hop + b * H, kh.row(t, b), uu.row(t, b), H);
         }
       });
       h_prev = h_t;
