@@ -5,8 +5,8 @@ unless CUDA is present). A *training step* is embedding -> recurrent layer -> li
 -> backward, with zoneout masks drawn fresh inside every step (so their cost is counted). Variants
 of one shape run in the same process, with the same threads, interleaved in a shuffled order in
 every repetition; the ratio to torch is taken per repetition and summarised by median and IQR.
-Peak memory is the ``ru_maxrss`` growth of ONE training step in a fresh subprocess (so it includes
-allocator behaviour and is coarse: ~MB resolution).
+Peak memory is the growth of resident memory during ONE training step in a fresh subprocess (RSS
+sampled every 0.5 ms, glibc mmap threshold fixed so freed tensors leave RSS; see ``peak_memory``).
 
     python scripts/bench.py                       # writes results/bench.md and results/bench.json
     python scripts/bench.py --reps 3 --shapes A   # quick look, prints only (no --out)
@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from zoneout import ZoneoutGRU, ZoneoutLSTM  # noqa: E402
+from zoneout.rnn import SequenceMasks  # noqa: E402
 import zoneout.kernels as kernels  # noqa: E402
 
 # name: (batch, seq_len, embedding, hidden, layers, vocab)
@@ -60,11 +60,26 @@ class LM(nn.Module):
         return self.dec(out)
 
 
+class ZoneoutLSTMFastMasks(ZoneoutLSTM):
+    """The same layer, drawing its keep masks with ``zoneout.kernels.keep_mask`` (hashed bits from a
+    seed taken from torch's RNG) instead of ``bernoulli_``: what ``zoneout.rnn.sample_masks`` costs
+    once it uses the kernels' mask helper (proposed; bench-only subclass until then)."""
+
+    def _sample_masks(self, T, B, like):
+        if not self.training:
+            return super()._sample_masks(T, B, like)
+        shape, n = (T, B, self.hidden_size), self.num_layers * self.num_directions
+        return [SequenceMasks(keep_h=kernels.keep_mask(shape, self.zoneout_h, like),
+                              keep_c=kernels.keep_mask(shape, self.zoneout_c, like)) for _ in range(n)]
+
+
 def build(variant: str, s: dict) -> nn.Module:
     E, H, L = s["E"], s["H"], s["L"]
     rnn = {
         "torch_lstm": lambda: nn.LSTM(E, H, L),
         "zoneout_lstm_fused": lambda: ZoneoutLSTM(E, H, L, zoneout_c=Z_C, zoneout_h=Z_H, backend="fused"),
+        "zoneout_lstm_fused_fastmask": lambda: ZoneoutLSTMFastMasks(E, H, L, zoneout_c=Z_C, zoneout_h=Z_H,
+                                                                    backend="fused"),
         "zoneout_lstm_reference": lambda: ZoneoutLSTM(E, H, L, zoneout_c=Z_C, zoneout_h=Z_H, backend="reference"),
         "torch_gru": lambda: nn.GRU(E, H, L),
         "zoneout_gru_fused": lambda: ZoneoutGRU(E, H, L, zoneout_h=Z_H_GRU, backend="fused"),
@@ -139,7 +154,7 @@ def compare(s: dict, base: str, others: list, mode: str, reps: int, slow: dict) 
 
 
 _MEM_CHILD = r"""
-import gc, json, resource, sys, torch
+import gc, json, sys, threading, time, torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads({threads})
 import importlib.util
@@ -147,24 +162,37 @@ spec = importlib.util.spec_from_file_location("bench", {script!r})
 bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)
 s = bench.SHAPES[{shape!r}]
 x, y = bench.batch(s)
-tiny = dict(s, T=2, B=2)
 m = bench.build({variant!r}, s)
-bench.train_step(m, *bench.batch(tiny))   # lazy init (extension load, thread pools) at tiny size
+bench.train_step(m, *bench.batch(dict(s, T=2, B=2)))  # lazy init (extension, thread pools) at tiny size
+m.zero_grad(set_to_none=False)  # gradient buffers exist before the baseline, as in a training loop
 gc.collect()
-with open("/proc/self/statm") as f:
-    rss0 = int(f.read().split()[1]) * {page} // 1024
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * {page}
+peak, done = [0], [False]
+def poll():
+    while not done[0]:
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.0005)
+base = rss()
+th = threading.Thread(target=poll, daemon=True); th.start()
 bench.train_step(m, x, y)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"peak_step_mb": (peak - max(rss0, 0)) / 1024, "maxrss_before_mb": base / 1024}}))
+done[0] = True; th.join()
+print(json.dumps({{"peak_step_mb": (max(peak[0], rss()) - base) / 2**20}}))
 """
 
 
 def peak_memory(shape: str, variant: str, threads: int) -> float:
-    """MB by which ONE training step raises the process's max RSS (fresh subprocess)."""
+    """MB by which ONE training step raises resident memory above the state just before it.
+
+    Fresh subprocess per variant; RSS sampled every 0.5 ms by a thread. glibc's mmap threshold is
+    fixed at 128 KiB (MALLOC_MMAP_THRESHOLD_) so freed tensor memory is returned to the OS and RSS
+    tracks live tensor memory instead of allocator caching.
+    """
     code = _MEM_CHILD.format(root=str(ROOT), script=str(Path(__file__).resolve()), shape=shape,
                              variant=variant, threads=threads, page=os.sysconf("SC_PAGE_SIZE"))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_step_mb"]
 
 
@@ -200,7 +228,8 @@ def main(argv=None):
     for name in shapes:
         s = SHAPES[name]
         print(f"shape {name}: {s}", flush=True)
-        res = compare(s, "torch_lstm", ["zoneout_lstm_fused", "zoneout_lstm_reference"], "train", args.reps,
+        res = compare(s, "torch_lstm", ["zoneout_lstm_fused", "zoneout_lstm_fused_fastmask", "zoneout_lstm_reference"],
+                      "train", args.reps,
                       {"zoneout_lstm_reference": args.reference_reps})
         rows.append({"shape": name, "what": "LSTM train step", "res": res})
         print(" ", name, "LSTM train", fmt_ratio(res["zoneout_lstm_fused"]["ratio"]), flush=True)
@@ -276,8 +305,9 @@ def to_markdown(rep: dict) -> str:
                 f"{fmt_ratio(r['ratio']) if v != res['_base'] else '1 (baseline)'} | {r['reps']} |"
             )
     if rep["peak_step_mb"]:
-        L += ["", "Peak memory of one training step (growth of `ru_maxrss` during the step, fresh subprocess per "
-              "variant, MB; coarse — it also sees allocator behaviour):", "",
+        L += ["", "Peak memory of one training step: growth of resident memory (RSS sampled every 0.5 ms) during "
+              "one step over the state just before it, fresh subprocess per variant, glibc mmap threshold fixed at "
+              "128 KiB so freed tensors leave RSS; MB (includes allocator overhead, ~±1 MB):", "",
               "| shape | torch_lstm | zoneout_lstm_fused | ratio |", "|---|---|---|---|"]
         for name in rep["shapes"]:
             a = rep["peak_step_mb"].get(f"{name}/torch_lstm")
