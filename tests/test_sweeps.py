@@ -132,7 +132,9 @@ def _reproduce(tmp_path, sweep_dir, extra, env=None):
     cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "char_ptb", "--scale", "cpu",
            "--sweep-dir", str(sweep_dir), "--runs-root", str(tmp_path / "runs"), "--collect-from",
            str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"), "--readme", "", "--", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1", **(env or {})}
+    # a private data dir: the stdlib corpus is prepared there, untouched by other tests running at the same time
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1", "ZONEOUT_DATA": str(tmp_path / "data"),
+           **(env or {})}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
 
 
