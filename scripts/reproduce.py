@@ -2,7 +2,7 @@
 """Reproduce one of the paper's tables end to end: prepare data -> Hydra multirun -> collect -> write the table.
 
     python scripts/reproduce.py char_ptb --scale cpu            # 2 CPU cores, scaled down (see the sweep file)
-    python scripts/reproduce.py char_ptb --scale paper --seeds 1,2,3 -- hydra/launcher=submitit_slurm
+    python scripts/reproduce.py char_ptb --scale paper --seeds 1,2,3 -- hydra/launcher=slurm_gpu hydra.launcher.partition=gpu
     python scripts/reproduce.py grid --scale cpu --dry-run       # print the commands, run nothing
 
 The sweep is ``configs/sweep/<table>.yaml``: its ``hydra.sweeper.params`` (rows in table order x seeds, and for
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     finished = ("completed", "diverged")
     todo = [j for j in jobs if args.force or job_status(rdir[id(j)]) not in finished]
     print(f"[reproduce] {args.table} at {args.scale} scale: {len(jobs)} jobs "
-          f"({len(jobs) - len(todo)} already completed, {len(todo)} to run)"
+          f"({len(jobs) - len(todo)} already finished, {len(todo)} to run)"
           f" — {spec.get('hardware', '?')}, expected {spec.get('time', '?')}", flush=True)
     for job in todo:
         print(f"[reproduce]   {job_status(rdir[id(job)]):9s} {rdir[id(job)]}", flush=True)

@@ -166,7 +166,7 @@ def test_reproduce_dry_run_plans_the_sweep(table, scale, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     n = TABLE_JOBS.get(table) or (9 if scale == "cpu" else 25)
-    assert f"{n} jobs (0 already completed, {n} to run)" in out
+    assert f"{n} jobs (0 already finished, {n} to run)" in out
     cmd = [line for line in out.splitlines() if "python -m zoneout.train -m" in line]
     assert len(cmd) == 1
     assert f"hydra.sweep.dir={tmp_path}/{scale}" in cmd[0] and f"logger.group={table}-{scale}" in cmd[0]
@@ -183,7 +183,7 @@ def test_reproduce_skips_finished_jobs(tmp_path, capsys):
         (done / f"seed{seed}" / "metrics.json").write_text('{"status": "completed"}')
     assert reproduce.main(["char_ptb", "--dry-run", "--runs-root", str(tmp_path), "--seeds", "1,2"]) == 0
     out = capsys.readouterr().out
-    assert "12 jobs (2 already completed, 10 to run)" in out
+    assert "12 jobs (2 already finished, 10 to run)" in out
     calls = [line for line in out.splitlines() if "python -m zoneout.train -m" in line]
     assert len(calls) == 5  # not a full product any more: one call per unfinished row, its seeds swept
     assert all(" seed=1,2 " in c and "lstm_baseline" not in c for c in calls)

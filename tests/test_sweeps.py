@@ -154,7 +154,7 @@ def test_two_job_sweep_through_submitit_local_launcher(tmp_path):
     assert md.count("| cpu | `experiment=char_ptb/") == 2
     # the same command again finds both jobs finished and launches nothing
     p2 = _reproduce(tmp_path, sweep_dir, ["hydra/launcher=local_cpu"])
-    assert "2 jobs (2 already completed, 0 to run)" in p2.stdout
+    assert "2 jobs (2 already finished, 0 to run)" in p2.stdout
 
 
 def _wandb_records(path: Path):
