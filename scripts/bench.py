@@ -73,6 +73,16 @@ class ZoneoutLSTMFastMasks(ZoneoutLSTM):
                               keep_c=kernels.keep_mask(shape, self.zoneout_c, like)) for _ in range(n)]
 
 
+class ZoneoutGRUFastMasks(ZoneoutGRU):
+    """GRU counterpart of :class:`ZoneoutLSTMFastMasks`."""
+
+    def _sample_masks(self, T, B, like):
+        if not self.training:
+            return super()._sample_masks(T, B, like)
+        shape, n = (T, B, self.hidden_size), self.num_layers * self.num_directions
+        return [SequenceMasks(keep_h=kernels.keep_mask(shape, self.zoneout_h, like)) for _ in range(n)]
+
+
 def build(variant: str, s: dict) -> nn.Module:
     E, H, L = s["E"], s["H"], s["L"]
     rnn = {
@@ -83,6 +93,7 @@ def build(variant: str, s: dict) -> nn.Module:
         "zoneout_lstm_reference": lambda: ZoneoutLSTM(E, H, L, zoneout_c=Z_C, zoneout_h=Z_H, backend="reference"),
         "torch_gru": lambda: nn.GRU(E, H, L),
         "zoneout_gru_fused": lambda: ZoneoutGRU(E, H, L, zoneout_h=Z_H_GRU, backend="fused"),
+        "zoneout_gru_fused_fastmask": lambda: ZoneoutGRUFastMasks(E, H, L, zoneout_h=Z_H_GRU, backend="fused"),
         "zoneout_gru_reference": lambda: ZoneoutGRU(E, H, L, zoneout_h=Z_H_GRU, backend="reference"),
     }[variant]()
     torch.manual_seed(0)
@@ -218,7 +229,12 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--out", default=None, help="write <out>.md and <out>.json (e.g. results/bench)")
+    ap.add_argument("--render", default=None, metavar="JSON", help="only re-render <JSON>'s markdown next to it")
     args = ap.parse_args(argv)
+    if args.render:
+        rep = json.loads(Path(args.render).read_text())
+        Path(args.render).with_suffix(".md").write_text(to_markdown(rep))
+        return
     torch.set_num_threads(args.threads)
     ext = kernels.extension_loaded()
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
@@ -237,7 +253,8 @@ def main(argv=None):
         rows.append({"shape": name, "what": "LSTM eval forward", "res": res})
         print(" ", name, "LSTM eval", fmt_ratio(res["zoneout_lstm_fused"]["ratio"]), flush=True)
         if name == "A":
-            res = compare(s, "torch_gru", ["zoneout_gru_fused", "zoneout_gru_reference"], "train", args.reps,
+            res = compare(s, "torch_gru", ["zoneout_gru_fused", "zoneout_gru_fused_fastmask", "zoneout_gru_reference"],
+                          "train", args.reps,
                           {"zoneout_gru_reference": args.reference_reps})
             rows.append({"shape": name, "what": "GRU train step", "res": res})
             print(" ", name, "GRU train", fmt_ratio(res["zoneout_gru_fused"]["ratio"]), flush=True)
@@ -288,6 +305,12 @@ def to_markdown(rep: dict) -> str:
         f"(LSTM z_c={m['rates']['lstm']['zoneout_c']}, z_h={m['rates']['lstm']['zoneout_h']}; "
         f"GRU z_h={m['rates']['gru']['zoneout_h']}). torch baselines have no zoneout. "
         "Ratio = time / torch time in the same repetition: median (IQR) over the repetitions.",
+        "",
+        "Variants: `torch_*` = `torch.nn.LSTM`/`GRU` (oneDNN RNN on CPU), no zoneout; `zoneout_*_fused` = "
+        "`zoneout.ZoneoutLSTM`/`GRU(backend=\"fused\")` as shipped (masks from `zoneout.rnn.sample_masks`, i.e. "
+        "`bernoulli_`); `*_fastmask` = the same layer drawing its masks with `zoneout.kernels.keep_mask` (what the "
+        "layer costs once `sample_masks` uses that helper; a bench-only subclass until then); "
+        "`zoneout_*_reference` = the same layer with `backend=\"reference\"` (Python loop over the cell), fewer reps.",
         "",
         "| shape | B×T, E→H, layers, vocab | measurement | variant | ms/step median (IQR) | tokens/s | ratio to torch | reps |",
         "|---|---|---|---|---|---|---|---|",
