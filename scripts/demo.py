@@ -9,7 +9,10 @@ The training set is a fixed 20k-character prefix, small enough that a 256-unit L
 a few minutes, which is where zoneout (z_c = 0.5, z_h = 0.05, paper §4.1) should keep the validation BPC lower. Fixed seed and a
 fixed number of steps: the numbers are reproducible on one machine (CPU floating point can differ across machines).
 
-    python scripts/demo.py                     # ~4-6 min on 2 CPU cores
+    python scripts/demo.py                     # 2 x 480 steps; 12 min measured on 2 shared, busy cores
+
+Measured here (seed 1, stdlib): unregularized best valid 3.459 BPC at epoch 23, then rising to 3.697 by epoch 40
+(test 3.643); zoneout best valid 3.402 at epoch 38 (test 3.542).
     python scripts/demo.py --data ptb_char     # same sizes on PTB characters
     python scripts/demo.py --epochs 2 --hidden 64 --train-tokens 20000   # a quick smoke run
 """
