@@ -1,7 +1,7 @@
 # zoneout — every target is one line calling a Python entry point. `make help` lists them.
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
-SCALE ?= cpu
+SCALE ?= paper
 DATA ?= stdlib
 MIRROR ?=
 SEEDS ?=
@@ -11,12 +11,12 @@ MIRROR_ARG = $(if $(MIRROR),--mirror $(MIRROR),)
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast demo data data-ptb data-text8 data-enwik8 data-mnist data-fashion-mnist \
         reproduce-char_ptb reproduce-word_ptb reproduce-text8 reproduce-pmnist reproduce-enwik8 reproduce-grid \
-        results bench
+        results bench reliability
 
 help: ## list the targets (hardware and time each assumes are stated per target)
-	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-install: .make/installed ## install the package and test tools (CPU torch $(TORCH_VERSION) if no torch is present)
+install: .make/installed ## install the package and test tools (CPU torch 2.13.0 only if no torch is present)
 
 .make/installed: pyproject.toml
 	@mkdir -p .make
@@ -46,3 +46,27 @@ data-mnist: install ## MNIST as pixel sequences (50k/10k/10k)
 
 data-fashion-mnist: install ## Fashion-MNIST, same format as MNIST (offline stand-in)
 	$(PYTHON) scripts/download_data.py fashion_mnist $(MIRROR_ARG)
+
+reproduce-enwik8: install ## enwik8 extension (not in the paper): paper scale = 1 GPU, ~1 day per run; SCALE=cpu: 2 cores, real 4 MB prefix, <1 h
+	$(PYTHON) scripts/reproduce.py enwik8 --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(MIRROR_ARG)
+
+reproduce-char_ptb: install ## Table 1 char-PTB, 6 rows x 2 seeds: paper scale = 1 GPU, ~3-6 h per run; SCALE=cpu: 2 cores, <1 h
+	$(PYTHON) scripts/reproduce.py char_ptb --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(MIRROR_ARG)
+
+reproduce-word_ptb: install ## Table 1 word-PTB (perplexity): paper scale = 1 GPU, ~2-4 h per run; SCALE=cpu: 2 cores, <1 h
+	$(PYTHON) scripts/reproduce.py word_ptb --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(MIRROR_ARG)
+
+reproduce-text8: install ## Table 1 text8: paper scale = 1 GPU, ~1 day per run; SCALE=cpu: 2 cores, real 3 MB prefix, <1 h
+	$(PYTHON) scripts/reproduce.py text8 --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(MIRROR_ARG)
+
+reproduce-pmnist: install ## Table 2 permuted sequential MNIST: paper scale = 1 GPU, ~1 day per run; SCALE=cpu: 2 cores, <1 h
+	$(PYTHON) scripts/reproduce.py pmnist --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(MIRROR_ARG)
+
+reproduce-grid: install ## Figure 3 z_c x z_h grid on char-PTB (valid BPC heatmap): paper scale = 1 GPU per cell; SCALE=cpu: 2 cores
+	$(PYTHON) scripts/reproduce.py grid --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(MIRROR_ARG)
+
+results: install ## collect every finished run -> results/*.md, runs.csv, plots, README block (offline, seconds)
+	$(PYTHON) scripts/collect_results.py
+
+bench: install ## speed benchmark: zoneout layers vs torch.nn.LSTM/GRU (ratios) -> results/bench.md (~10-20 min on 2 cores)
+	$(PYTHON) scripts/bench.py --reps 10 --out results/bench
