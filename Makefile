@@ -68,5 +68,5 @@ reproduce-grid: install ## Figure 3 z_c x z_h grid on char-PTB (valid BPC heatma
 results: install ## collect every finished run -> results/*.md, runs.csv, plots, README block (offline, seconds)
 	$(PYTHON) scripts/collect_results.py
 
-bench: install ## speed benchmark: zoneout layers vs torch.nn.LSTM/GRU (ratios) -> results/bench.md (~10-20 min on 2 cores)
-	$(PYTHON) scripts/bench.py --reps 10 --out results/bench
+bench: install ## speed benchmark: zoneout layers vs torch.nn.LSTM/GRU (ratios, 15 interleaved reps) -> results/bench.md (~6 min)
+	$(PYTHON) scripts/bench.py --reps 15 --threads 1 --out results/bench
