@@ -62,6 +62,19 @@ def test_init_range_uniform():
     assert max(p.abs().max() for p in m.parameters()) > 0.03
 
 
+def test_init_range_keeps_batchnorm_gamma_and_beta():
+    """bnlstm: init_range draws the weights and LSTM bias, never the batch-norm γ (= batchnorm_gamma_init) / β (= 0)."""
+    m = SequenceClassifier(cell="bnlstm", hidden_size=H, init_range=0.5, batchnorm_gamma_init=0.1, max_length=5)
+    norms = [mod for mod in m.modules() if "BatchNorm" in type(mod).__name__]
+    assert norms
+    for mod in norms:
+        assert torch.equal(mod.weight, torch.full_like(mod.weight, 0.1))
+        assert mod.bias is None or torch.equal(mod.bias, torch.zeros_like(mod.bias))
+    normed = {id(p) for mod in norms for p in mod.parameters()}
+    others = [p for p in m.parameters() if id(p) not in normed]
+    assert all(p.abs().max() <= 0.5 for p in others) and max(p.abs().max() for p in others) > 0.4
+
+
 def test_zoneout_rates_reach_the_layers_and_eval_is_deterministic():
     m = LanguageModel(V, backend="reference", hidden_size=H, num_layers=2, zoneout_c=0.5, zoneout_h=0.05)
     assert all((r.zoneout_c, r.zoneout_h) == (0.5, 0.05) for r in m.rnns)

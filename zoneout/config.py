@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 
 DATASETS = ("ptb_char", "ptb_word", "text8", "enwik8", "mnist", "fashion_mnist", "stdlib")
 SEQUENCE_CLASSIFICATION = ("mnist", "fashion_mnist")
+LOCAL_FILE_DATASETS = ("text8", "enwik8")
 CELLS = ("lstm", "gru", "rnn", "bnlstm")
 NONLINEARITIES = ("tanh", "relu")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
@@ -40,6 +41,7 @@ class DataConfig:
     permute: bool = False                   # permuted sequential MNIST
     permutation_seed: int = 1
     mnist_source: str = "standard"
+    local_file: Optional[str] = None        # text8/enwik8 only: a local raw file (e.g. a real prefix) split 90/5/5
 
 
 @dataclass
@@ -84,6 +86,7 @@ class TrainerConfig:
     max_steps_per_epoch: Optional[int] = None
     max_eval_batches: Optional[int] = None
     checkpoint_every_steps: Optional[int] = None   # null/0 = only at the end of each epoch
+    max_skipped_batches: int = 0                   # non-finite loss/gradient: skip up to this many batches, then stop
     resume: Optional[str] = None                   # a run dir holding last.pt
     progress: bool = True
     log_every_steps: int = 100
@@ -238,6 +241,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _positive("data.batch_size", d.batch_size)
     _positive("data.eval_batch_size", d.eval_batch_size, allow_none=True)
     _positive("data.train_tokens", d.train_tokens, allow_none=True)
+    if d.local_file is not None and d.name not in LOCAL_FILE_DATASETS:
+        raise ConfigError(f"data.local_file applies to data.name={' or '.join(LOCAL_FILE_DATASETS)} only, not "
+                          f"data.name={d.name!r}; set data.local_file=null")
     if d.permute and d.name not in SEQUENCE_CLASSIFICATION:
         raise ConfigError(f"data.permute=true applies to {', '.join(SEQUENCE_CLASSIFICATION)} only, "
                           f"not data.name={d.name!r}")
@@ -286,6 +292,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _positive("trainer.max_eval_batches", t.max_eval_batches, allow_none=True)
     _positive("trainer.checkpoint_every_steps", t.checkpoint_every_steps, allow_none=True, allow_zero=True)
     _positive("trainer.log_every_steps", t.log_every_steps)
+    _positive("trainer.max_skipped_batches", t.max_skipped_batches, allow_zero=True)
     _choice("logger.mode", lg.mode, WANDB_MODES)
     return cfg
 

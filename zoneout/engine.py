@@ -9,7 +9,9 @@ Sequence classifiers (§4.2): minibatches of whole pixel sequences, shuffled per
 Everything a resume needs (epoch, step, window position, carried hidden state, running sums) lives in
 :class:`LoopState`; ``on_step`` is called after every optimizer step (checkpointing, preemption signals).
 A non-finite loss or gradient raises :class:`DivergenceError` *before* the optimizer step, so the weights and
-any checkpoint on disk stay the last good ones.
+any checkpoint on disk stay the last good ones. With ``max_skipped_batches=n`` the first n such batches are
+skipped instead (no optimizer step; the hidden state carried into the batch is kept; ``on_skip`` is told, the
+count is saved in :class:`LoopState`), and the next one stops the run.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class LoopState:
     train_seconds: float = 0.0     # whole run, accumulated across resumes
     best_valid: float = math.inf   # best validation loss (nats) so far
     best_epoch: int = 0
+    skipped_batches: int = 0       # whole run: batches skipped for a non-finite loss/gradient
     history: List[Dict[str, Any]] = field(default_factory=list)   # metrics.jsonl rows
 
     def start_epoch(self, epoch: int) -> None:
@@ -114,6 +117,21 @@ def _clip_and_step(model: nn.Module, optimizer, clip_grad_norm: Optional[float],
     optimizer.step()
 
 
+def _skip_or_raise(error: DivergenceError, optimizer, state: LoopState, max_skipped_batches: int,
+                   on_skip: Optional[Callable[[LoopState, str], None]]) -> None:
+    """Skip the batch (count it, drop its gradients) while under the limit; else re-raise naming the limit."""
+    optimizer.zero_grad(set_to_none=True)
+    if state.skipped_batches >= max_skipped_batches:
+        if max_skipped_batches:
+            raise DivergenceError(f"{error}; {state.skipped_batches} batch(es) already skipped, the limit "
+                                  f"trainer.max_skipped_batches={max_skipped_batches} is reached") from error
+        raise error
+    state.skipped_batches += 1
+    state.position += 1
+    if on_skip is not None:
+        on_skip(state, str(error))
+
+
 def _progress(total: Optional[int], initial: int, enabled: bool, desc: str):
     if not enabled:
         return None
@@ -126,7 +144,9 @@ def _progress(total: Optional[int], initial: int, enabled: bool, desc: str):
 def train_lm_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batched: Tensor, seq_len: int,
                    state: LoopState, *, clip_grad_norm: Optional[float] = None,
                    max_steps: Optional[int] = None, device: Any = "cpu", metric: str = "bpc",
-                   on_step: Optional[Callable[[LoopState], None]] = None, progress: bool = False) -> float:
+                   on_step: Optional[Callable[[LoopState], None]] = None, progress: bool = False,
+                   max_skipped_batches: int = 0,
+                   on_skip: Optional[Callable[[LoopState, str], None]] = None) -> float:
     """Train one epoch (or its remainder from ``state.position``) of truncated BPTT.
 
     batched: ``[n_rows, B]`` token ids (columns = independent streams). Returns the epoch's mean NLL (nats/token).
@@ -141,12 +161,18 @@ def train_lm_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batched: 
         for x, y in itertools.islice(bptt_windows(batched, seq_len, start=state.position * seq_len),
                                       total - state.position):
             x, y = x.to(device), y.to(device)
-            with model.weight_noise():
-                logits, hidden = model(x, hidden)
-                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-                _backward(model, optimizer, loss, state)
-            _clip_and_step(model, optimizer, clip_grad_norm, state)
-            hidden = detach_hidden(hidden)
+            try:
+                with model.weight_noise():
+                    logits, new_hidden = model(x, hidden)
+                    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+                    _backward(model, optimizer, loss, state)
+                _clip_and_step(model, optimizer, clip_grad_norm, state)
+            except DivergenceError as e:
+                _skip_or_raise(e, optimizer, state, max_skipped_batches, on_skip)
+                if bar is not None:
+                    bar.update(1)
+                continue
+            hidden = detach_hidden(new_hidden)
             n = y.numel()
             state.hidden, state.position, state.step = hidden, state.position + 1, state.step + 1
             state.loss_sum += loss.item() * n
@@ -191,7 +217,8 @@ def train_classifier_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x
                            batch_size: int, state: LoopState, *, seed: int = 1,
                            clip_grad_norm: Optional[float] = None, max_steps: Optional[int] = None,
                            device: Any = "cpu", on_step: Optional[Callable[[LoopState], None]] = None,
-                           progress: bool = False) -> Tuple[float, float]:
+                           progress: bool = False, max_skipped_batches: int = 0,
+                           on_skip: Optional[Callable[[LoopState, str], None]] = None) -> Tuple[float, float]:
     """One epoch over ``x [N, T]`` / ``y [N]`` (incomplete last batch dropped). Returns (mean NLL, error)."""
     model.train()
     order = epoch_order(x.size(0), seed, state.epoch)
@@ -203,11 +230,17 @@ def train_classifier_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x
         for b in range(state.position, total):
             idx = order[b * batch_size:(b + 1) * batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
-            with model.weight_noise():
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
-                _backward(model, optimizer, loss, state)
-            _clip_and_step(model, optimizer, clip_grad_norm, state)
+            try:
+                with model.weight_noise():
+                    logits = model(xb)
+                    loss = F.cross_entropy(logits, yb)
+                    _backward(model, optimizer, loss, state)
+                _clip_and_step(model, optimizer, clip_grad_norm, state)
+            except DivergenceError as e:
+                _skip_or_raise(e, optimizer, state, max_skipped_batches, on_skip)
+                if bar is not None:
+                    bar.update(1)
+                continue
             state.position, state.step = state.position + 1, state.step + 1
             state.loss_sum += loss.item() * yb.numel()
             state.count += yb.numel()

@@ -124,8 +124,14 @@ class _RecurrentStack(nn.Module):
 
     @staticmethod
     def _init_uniform(module: nn.Module, init_range: Optional[float]) -> None:
-        if init_range:
-            for p in module.parameters():
+        """U(-init_range, init_range) for every weight and bias, except batch-norm scale/shift (bnlstm): their
+        γ = batchnorm_gamma_init, β = 0 are part of the method (Cooijmans et al. 2016), not a random init."""
+        if not init_range:
+            return
+        for sub in module.modules():
+            if isinstance(sub, nn.modules.batchnorm._NormBase) or "BatchNorm" in type(sub).__name__:
+                continue
+            for p in sub.parameters(recurse=False):
                 nn.init.uniform_(p, -init_range, init_range)
 
 

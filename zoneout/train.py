@@ -66,7 +66,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 REQUEUE_EXIT_CODE = 75       # EX_TEMPFAIL: preempted, checkpoint written, run the same command again
 CONFIG_ERROR_EXIT_CODE = 2
 DIVERGED_EXIT_CODE = 3
-PREEMPT_SIGNALS = ("SIGTERM", "SIGUSR1")
+PREEMPT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")   # SLURM: TERM (preemption/limit), --signal=USR1|USR2@s
 # Keys a run may change on resume without changing what is computed.
 _RESUMABLE_PREFIXES = ("trainer.", "logger.", "device", "run_dir", "data.data_dir", "data.mirror", "meta",
                        "experiment_name", "model.backend")
@@ -86,12 +86,26 @@ def _register_resolvers() -> None:
 
 
 class Preempted(Exception):
-    """A preemption signal arrived; the step finished and last.pt was written."""
+    """A preemption signal arrived; the step finished and last.pt was written.
 
-    def __init__(self, signum: int, run_dir: Path):
+    ``previous_handler``: the handler that was installed for the signal before the run (submitit's requeue
+    handler under Hydra's submitit launcher), handed the signal by :func:`exit_after_preemption`."""
+
+    def __init__(self, signum: int, run_dir: Path, previous_handler: Any = None):
         super().__init__(f"received {signal.Signals(signum).name}: checkpoint written to {run_dir / 'last.pt'}; "
                          f"run the same command (or trainer.resume={run_dir}) to continue")
         self.signum = signum
+        self.previous_handler = previous_handler
+
+
+def exit_after_preemption(e: Preempted) -> None:
+    """Leave the process once ``last.pt`` is written: first hand the signal to the handler that was there before
+    the run (submitit's ``checkpoint_and_try_requeue`` pickles the launcher call with its same arguments, runs
+    ``scontrol requeue`` and exits; its SIGTERM handler only logs and returns), then exit with 75."""
+    prev = e.previous_handler
+    if callable(prev) and prev is not signal.default_int_handler:
+        prev(e.signum, None)
+    sys.exit(REQUEUE_EXIT_CODE)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -107,12 +121,15 @@ class Data:
 
 
 def load_data(cfg: TrainConfig) -> Data:
-    """Load the configured dataset through :mod:`zoneout.data` (missing data -> DataError naming make data-*)."""
+    """Load the configured dataset through :mod:`zoneout.data` (missing data -> DataError naming make data-*).
+
+    ``data.mirror`` set: missing files are fetched from that mirror (then the canonical URLs) and verified;
+    unset: nothing is downloaded. ``data.local_file`` (text8/enwik8): a local raw file split 90/5/5."""
     d = cfg.data
     if d.name in SEQUENCE_CLASSIFICATION:
         from zoneout.data import load_mnist
-        sd = load_mnist(d.name, d.data_dir, download=False, permute=d.permute,
-                        permutation_seed=d.permutation_seed, source=d.mnist_source)
+        sd = load_mnist(d.name, d.data_dir, download=bool(d.mirror), permute=d.permute,
+                        permutation_seed=d.permutation_seed, source=d.mnist_source, mirror=d.mirror)
         splits = {"train": sd.train, "valid": sd.valid, "test": sd.test}
         if d.train_tokens:  # for classification: a prefix of the training examples
             splits["train"] = (sd.train[0][:d.train_tokens], sd.train[1][:d.train_tokens])
@@ -121,9 +138,11 @@ def load_data(cfg: TrainConfig) -> Data:
                 "permutation": None if perm is None else perm.tolist()}
         return Data("classification", "error", splits, num_classes=int(sd.train[1].max()) + 1, info=info)
     from zoneout.data import load_corpus
-    corpus = load_corpus(d.name, d.data_dir, download=False, mirror=d.mirror)
+    corpus = load_corpus(d.name, d.data_dir, download=bool(d.mirror), mirror=d.mirror, local_file=d.local_file)
     train = corpus.train[:d.train_tokens] if d.train_tokens else corpus.train
     info = {"data_variant": getattr(corpus, "variant", "standard"), "unit": corpus.unit}
+    if d.local_file:
+        info["data_local_file"] = str(d.local_file)
     return Data("lm", corpus.metric, {"train": train, "valid": corpus.valid, "test": corpus.test},
                 vocab_size=len(corpus.vocab), info=info)
 
@@ -241,9 +260,33 @@ def _differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
             if a.get(k) != b.get(k) and not any(k == p or k.startswith(p) for p in _RESUMABLE_PREFIXES)]
 
 
+def cluster_job_id() -> Optional[str]:
+    """The SLURM job (array task) id, which ``scontrol requeue`` keeps; None outside SLURM."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID") or None
+
+
+def _requeued_run_dir(base: Path) -> Optional[Path]:
+    """A requeued SLURM job (SLURM_RESTART_COUNT > 0) whose default run_dir got a new ${now}: its earlier,
+    unfinished folder next to ``base``, recognised by the job id written there."""
+    job = cluster_job_id()
+    if not job or int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1 or not base.parent.is_dir():
+        return None
+    for cand in sorted(base.parent.iterdir()):
+        marker = cand / "cluster_job"
+        if marker.is_file() and marker.read_text().strip() == job and (cand / "last.pt").is_file():
+            if not (cand / "metrics.json").is_file() or \
+                    json.loads((cand / "metrics.json").read_text()).get("status") != "completed":
+                return cand
+    return None
+
+
 def claim_run_dir(cfg: TrainConfig, explicit: bool) -> Path:
     """The folder this run owns: trainer.resume, else run_dir. A default (timestamped) run_dir that another run
-    already holds gets a numeric suffix; an explicit one holding a different run is an error."""
+    already holds gets a numeric suffix; an explicit one holding a different run is an error. A requeued SLURM
+    job with a default run_dir continues in the unfinished folder its job id wrote (see :func:`cluster_job_id`)."""
     if cfg.trainer.resume:
         run_dir = Path(cfg.trainer.resume)
         if not (run_dir / "last.pt").is_file():
@@ -252,6 +295,8 @@ def claim_run_dir(cfg: TrainConfig, explicit: bool) -> Path:
     else:
         run_dir = Path(cfg.run_dir or f"experiments/{cfg.experiment_name}/"
                        f"{datetime.now():%Y-%m-%d_%H-%M-%S}_seed{cfg.seed}")
+        if not explicit:
+            run_dir = _requeued_run_dir(run_dir) or run_dir
     base = run_dir
     for i in range(1, 1000):
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -266,6 +311,9 @@ def claim_run_dir(cfg: TrainConfig, explicit: bool) -> Path:
                 problem = (f"run_dir {run_dir} holds a different run; it cannot be resumed with this config "
                            f"(differs in {'; '.join(diff)}). Choose another run_dir.")
         if problem is None:
+            job = cluster_job_id()
+            if job:
+                atomic_write_text(run_dir / "cluster_job", job + "\n")
             return run_dir
         if explicit:
             raise ConfigError(problem)
@@ -298,6 +346,9 @@ class _PreemptionSignals:
                 if sig is not None:
                     self._previous[sig] = signal.signal(sig, self._handle)
         return self
+
+    def previous(self, signum: int) -> Any:
+        return self._previous.get(signum)
 
     def _handle(self, signum, frame):
         self.received = signum
@@ -406,9 +457,13 @@ def run(cfg: TrainConfig, *, command: Optional[str] = None, overrides: Sequence[
             every = t.checkpoint_every_steps
             if signals.received is not None:
                 save_checkpoint(run_dir / "last.pt", payload())
-                raise Preempted(signals.received, run_dir)
+                raise Preempted(signals.received, run_dir, signals.previous(signals.received))
             if every and st.step % every == 0:
                 save_checkpoint(run_dir / "last.pt", payload())
+
+        def on_skip(st: LoopState, why: str) -> None:
+            log.warning("skipped batch %d of %d allowed (trainer.max_skipped_batches): %s", st.skipped_batches,
+                        t.max_skipped_batches, why)
 
         with _PreemptionSignals() as signals:
             for epoch in range(state.epoch, t.max_epochs + 1):
@@ -418,7 +473,8 @@ def run(cfg: TrainConfig, *, command: Optional[str] = None, overrides: Sequence[
                 set_lr(optimizer, lr)
                 tick[0] = time.time()
                 common = dict(clip_grad_norm=o.clip_grad_norm, max_steps=t.max_steps_per_epoch, device=device,
-                              on_step=on_step, progress=t.progress)
+                              on_step=on_step, progress=t.progress, max_skipped_batches=t.max_skipped_batches,
+                              on_skip=on_skip)
                 if data.kind == "lm":
                     train_loss = train_lm_epoch(model, optimizer, train_b, d.seq_len, state, metric=data.metric,
                                                 **common)
@@ -497,6 +553,7 @@ def _write_metrics(run_dir: Path, cfg: TrainConfig, ns: Dict[str, Any], status: 
         "tokens_per_second": round(state.tokens_seen / state.train_seconds, 1) if state.train_seconds else None,
         "n_params": count_parameters(model) if model is not None else None, "seed": cfg.seed,
         "device": str(device), "hardware": hardware_name(device), "torch_version": torch.__version__,
+        "skipped_batches": state.skipped_batches,
         "git_sha": git_sha(), "scale": run_scale(cfg, overrides), "command": command, "status": status,
         "run_dir": str(run_dir), "meta": cfg.meta, **(data.info or {}),
         "overrides": parse_overrides(overrides), "config": flatten(cfg.to_dict()),
@@ -545,7 +602,7 @@ def _hydra_main(cfg) -> None:
         sys.exit(CONFIG_ERROR_EXIT_CODE)
     except Preempted as e:
         print(f"preempted: {e}", file=sys.stderr)
-        sys.exit(REQUEUE_EXIT_CODE)
+        exit_after_preemption(e)
     except Exception as e:
         if type(e).__name__ == "DataError":
             print(f"data error: {e}", file=sys.stderr)
