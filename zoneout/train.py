@@ -138,7 +138,8 @@ def load_data(cfg: TrainConfig) -> Data:
                 "permutation": None if perm is None else perm.tolist()}
         return Data("classification", "error", splits, num_classes=int(sd.train[1].max()) + 1, info=info)
     from zoneout.data import load_corpus
-    corpus = load_corpus(d.name, d.data_dir, download=bool(d.mirror), mirror=d.mirror, local_file=d.local_file)
+    corpus = load_corpus(d.name, d.data_dir, download=bool(d.mirror), mirror=d.mirror, local_file=d.local_file,
+                         train_tokens=d.train_tokens)   # a prefix of the train split, read without the rest
     train = corpus.train[:d.train_tokens] if d.train_tokens else corpus.train
     info = {"data_variant": getattr(corpus, "variant", "standard"), "unit": corpus.unit}
     if d.local_file:
@@ -304,7 +305,11 @@ def claim_run_dir(cfg: TrainConfig, explicit: bool) -> Path:
         if not _try_lock(run_dir):
             problem = f"run_dir {run_dir} is in use by a running process (see {run_dir / '.lock'})"
         elif (run_dir / "last.pt").is_file():
-            saved = load_checkpoint(run_dir / "last.pt").get("config", {})
+            try:
+                saved = load_checkpoint(run_dir / "last.pt").get("config", {})
+            except Exception:
+                (run_dir / ".lock").unlink(missing_ok=True)
+                raise
             diff = _differences(saved, cfg.to_dict())
             if diff:
                 (run_dir / ".lock").unlink(missing_ok=True)
