@@ -15,18 +15,39 @@ Resume: ``trainer.resume=<run dir>``, or the same command with the same ``run_di
 exactly (model, optimizer, epoch/step, window position, carried hidden state, torch/numpy/python RNG streams).
 ``last.pt`` is written every ``trainer.checkpoint_every_steps`` optimizer steps and at every epoch end.
 
-Exit codes: 0 done; 2 bad config or data (nothing started); 3 diverged (NaN/inf; last good checkpoint kept);
-75 (EX_TEMPFAIL, "try again") after SIGTERM/SIGUSR1: the current step finished, ``last.pt`` was written and the
-same command -- e.g. a requeued SLURM/submitit job (SLURM ``RequeueExit=75`` or ``scontrol requeue``) -- resumes.
-A requeued job only finds its checkpoint if it gets the same ``run_dir``: the default contains ``${now:...}``, so
-cluster sweeps should set ``run_dir`` from stable values (e.g. ``${hydra:sweep.dir}/${hydra:job.num}``, with a
-fixed ``hydra.sweep.dir``). A default (timestamped) run_dir already held by another run gets a ``_1`` suffix; an
-explicit one holding a different config is refused (run folders are never shared; ``.lock`` marks a live run).
+Exit codes: 0 done; 2 bad config or data (nothing started); 3 diverged (NaN/inf; last good checkpoint kept;
+``trainer.max_skipped_batches=n`` skips, and logs, the first n such batches instead); 75 (EX_TEMPFAIL) after a
+preemption signal when nobody else requeues the job.
 
-Determinism: same seed + config + machine -> identical metrics on CPU (tested, including resume). On GPU,
-``trainer.deterministic=true`` sets ``torch.use_deterministic_algorithms`` (warn-only) and
-``CUBLAS_WORKSPACE_CONFIG``; without it, cuBLAS reductions and the embedding backward (atomic adds) may differ in
-the last bits between runs, so GPU reruns agree to ~1e-6 relative, not bitwise.
+Preemption and requeue. SIGTERM, SIGUSR1 or SIGUSR2 -> the current optimizer step finishes, ``last.pt`` is
+written, the run folder is released, and then the signal goes to the handler that was installed before the run
+(:func:`exit_after_preemption`):
+  * Hydra's submitit launcher (``hydra/launcher=slurm_gpu``): submitit >= 1.5 asks SLURM for
+    ``--signal=USR2@<signal_delay_s>`` (env ``SUBMITIT_PREEMPT_SIGNAL`` changes it) and handles it with
+    ``checkpoint_and_try_requeue``: the launcher's ``checkpoint()`` returns ``DelayedSubmission(self, *the same
+    arguments)``, submitit runs ``scontrol requeue`` and exits. A *preempted* job is always requeued; a *timed-out*
+    one only ``max_num_timeout`` times (0 in slurm_gpu.yaml: not requeued -- rerun the command or
+    scripts/reproduce.py, which resume). submitit's SIGTERM handler only logs, so on SIGTERM the job exits 75.
+  * anything else (plain ``sbatch``, a terminal): exit 75; SLURM ``--requeue`` / ``RequeueExit=75`` or running the
+    same command again resumes.
+The requeued job must land in the same run_dir. Explicit run_dirs (scripts/reproduce.py:
+``experiments/reproduce/<scale>/<row>/seed<k>``, or ``trainer.resume``) are stable. The default contains
+``${now:...}``: in a Hydra multirun, the job's config is rebuilt by ``load_sweep_config``, which copies the
+resolver cache of the master config pickled with the launcher, so ``${now}`` keeps the sweep's launch time and the
+requeued job finds its folder (jobs of one sweep with equal experiment_name and seed get ``_1``, ``_2`` suffixes
+and are told apart by their config). A single run requeued by SLURM re-resolves ``${now}``; it finds its
+unfinished folder by the SLURM job id written to ``run_dir/cluster_job`` (when ``SLURM_RESTART_COUNT`` > 0).
+A default run_dir held by another run gets a ``_1`` suffix; an explicit one holding a different config is refused
+(run folders are never shared; ``.lock`` marks a live run, a dead process's lock is taken over).
+
+Determinism. CPU: same seed + config + machine + torch -> bitwise identical metrics, also across a SIGKILL and
+resume (tests/test_reliability.py). GPU (not tested here): the CUDA RNG state is checkpointed, so masks and
+dropout resume exactly; ``trainer.deterministic=true`` sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` and
+``torch.use_deterministic_algorithms(True, warn_only=True)``, making the matmuls (LSTM gates, decoder)
+reproducible on the same GPU model, driver and torch build. Still not bitwise: ops without a deterministic CUDA
+kernel (the embedding backward's atomic adds; torch warns), and any change of GPU model, CUDA/cuDNN or torch
+version. Without the flag, cuBLAS may pick different reduction orders between runs, so GPU reruns and resumes
+differ in the last bits from the first step on and drift apart over training: close, not bitwise.
 """
 from __future__ import annotations
 
@@ -73,7 +94,7 @@ _RESUMABLE_PREFIXES = ("trainer.", "logger.", "device", "run_dir", "data.data_di
 # Overrides that do not make a paper-settings run "CPU-sized".
 _SCALE_NEUTRAL = ("experiment", "device", "run_dir", "seed", "logger", "hydra", "data.data_dir", "data.mirror",
                   "trainer.progress", "trainer.resume", "trainer.checkpoint_every_steps", "trainer.log_every_steps",
-                  "trainer.deterministic", "model.backend")
+                  "trainer.deterministic", "trainer.max_skipped_batches", "model.backend")
 
 log = logging.getLogger("zoneout.train")
 
