@@ -180,7 +180,7 @@ def load_run(run_dir: str | Path, base: str | Path | None = None) -> Run | None:
     rel = os.path.relpath(run_dir, base) if base is not None else str(run_dir)
     info = {k: metrics.get(k) for k in ("best_epoch", "epochs", "n_params", "train_seconds",
                                         "tokens_per_second", "hardware", "device", "torch_version",
-                                        "git_sha", "command")}
+                                        "git_sha", "command", "dataset", "data_variant", "data_source")}
     zc = _dig(config, "model.zoneout_c", metrics.get("zoneout_c"))
     zh = _dig(config, "model.zoneout_h", metrics.get("zoneout_h"))
     return Run(
@@ -433,7 +433,12 @@ def _provenance(groups: list[Group]) -> list[str]:
     runs = [r for g in groups for r in g.runs]
     hw = sorted({str(r.info.get("hardware")) for r in runs if r.info.get("hardware")})
     secs = [float(r.info["train_seconds"]) for r in runs if _float(r.info.get("train_seconds")) is not None]
+    data = sorted({str(r.info["dataset"]) + "".join(
+        f" ({r.info[k]})" for k in ("data_variant", "data_source") if r.info.get(k) not in (None, "standard"))
+        for r in runs if r.info.get("dataset")})
     out = []
+    if data:
+        out.append(f"Data: {'; '.join(data)}.")
     if hw:
         out.append(f"Hardware: {'; '.join(hw)}.")
     if secs:
