@@ -115,6 +115,27 @@ def test_run_writes_every_file_and_key(tmp_path, synthetic):
     assert "epoch 2 done" in (run / "train.log").read_text()
 
 
+
+def test_bounded_epoch_validation_but_final_numbers_on_whole_splits(tmp_path, synthetic, monkeypatch):
+    """trainer.max_eval_batches bounds per-epoch validation only; the reported valid/test use whole splits
+    unless trainer.final_eval_batches says otherwise."""
+    calls = []
+    real = zt.evaluate_lm
+
+    def spy(model, batched, seq_len, *, max_batches=None, **kw):
+        calls.append(max_batches)
+        return real(model, batched, seq_len, max_batches=max_batches, **kw)
+    monkeypatch.setattr(zt, "evaluate_lm", spy)
+    zt.run(_cfg(tmp_path / "a", trainer={"max_eval_batches": 1}), command="pytest", overrides=[])
+    assert calls == [1, 1, None, None]          # epoch 1 and 2 validation, then final valid and test
+    calls.clear()
+    zt.run(_cfg(tmp_path / "b", trainer={"max_eval_batches": 1, "final_eval_batches": 2}), command="pytest",
+           overrides=[])
+    assert calls == [1, 1, 2, 2]
+    full = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    bounded = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert full["test_bpc"] != bounded["test_bpc"]   # 40 windows vs 2: a different estimate
+
 @reliability(failure='run stopped at an epoch end and resumed',
              provoked='trainer.resume=<run dir> after 1 of 2 epochs (synthetic Markov data)',
              expected='per-epoch metrics, final valid/test and weights bitwise equal to the 2-epoch run')

@@ -84,7 +84,8 @@ class OptimConfig:
 class TrainerConfig:
     max_epochs: int = 1
     max_steps_per_epoch: Optional[int] = None
-    max_eval_batches: Optional[int] = None
+    max_eval_batches: Optional[int] = None         # per-epoch validation only (model selection)
+    final_eval_batches: Optional[int] = None       # final valid/test of the best model; null = whole splits
     checkpoint_every_steps: Optional[int] = None   # null/0 = only at the end of each epoch
     max_skipped_batches: int = 0                   # non-finite loss/gradient: skip up to this many batches, then stop
     resume: Optional[str] = None                   # a run dir holding last.pt
@@ -290,6 +291,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _positive("trainer.max_epochs", t.max_epochs, allow_zero=True)
     _positive("trainer.max_steps_per_epoch", t.max_steps_per_epoch, allow_none=True)
     _positive("trainer.max_eval_batches", t.max_eval_batches, allow_none=True)
+    _positive("trainer.final_eval_batches", t.final_eval_batches, allow_none=True)
     _positive("trainer.checkpoint_every_steps", t.checkpoint_every_steps, allow_none=True, allow_zero=True)
     _positive("trainer.log_every_steps", t.log_every_steps)
     _positive("trainer.max_skipped_batches", t.max_skipped_batches, allow_zero=True)

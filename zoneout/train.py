@@ -530,8 +530,9 @@ def run(cfg: TrainConfig, *, command: Optional[str] = None, overrides: Sequence[
 
         if (run_dir / "best.pt").is_file():
             model.load_state_dict(load_checkpoint(run_dir / "best.pt", map_location=device)["model"])
-        valid_loss, valid_metric = evaluate("valid")
-        test_loss, test_metric = evaluate("test")
+        # per-epoch validation may be bounded (max_eval_batches); the reported numbers are not
+        valid_loss, valid_metric = evaluate("valid", max_batches=t.final_eval_batches)
+        test_loss, test_metric = evaluate("test", max_batches=t.final_eval_batches)
         status = "completed"
         log.info("best epoch %d: valid %s %.4f | test %s %.4f", state.best_epoch, data.metric, valid_metric,
                  data.metric, test_metric)
