@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from zoneout import ZoneoutGRU, ZoneoutLSTM  # noqa: E402
-from zoneout.rnn import SequenceMasks  # noqa: E402
+import zoneout.rnn as zrnn  # noqa: E402
 import zoneout.kernels as kernels  # noqa: E402
 
 # name: (batch, seq_len, embedding, hidden, layers, vocab)
@@ -60,27 +60,29 @@ class LM(nn.Module):
         return self.dec(out)
 
 
-class ZoneoutLSTMFastMasks(ZoneoutLSTM):
-    """The same layer, drawing its keep masks with ``zoneout.kernels.keep_mask`` (hashed bits from a
-    seed taken from torch's RNG) instead of ``bernoulli_``: what ``zoneout.rnn.sample_masks`` costs
-    once it uses the kernels' mask helper (proposed; bench-only subclass until then)."""
+class _ProjectedF:
+    """``torch.nn.functional`` with ``linear`` replaced by ``zoneout.kernels.input_projection``."""
 
-    def _sample_masks(self, T, B, like):
-        if not self.training:
-            return super()._sample_masks(T, B, like)
-        shape, n = (T, B, self.hidden_size), self.num_layers * self.num_directions
-        return [SequenceMasks(keep_h=kernels.keep_mask(shape, self.zoneout_h, like),
-                              keep_c=kernels.keep_mask(shape, self.zoneout_c, like)) for _ in range(n)]
+    def __getattr__(self, name):
+        return kernels.input_projection if name == "linear" else getattr(F, name)
 
 
-class ZoneoutGRUFastMasks(ZoneoutGRU):
-    """GRU counterpart of :class:`ZoneoutLSTMFastMasks`."""
+class ProjectedInput(nn.Module):
+    """The wrapped zoneout layer with its input projection (``F.linear`` in ``zoneout/rnn.py``)
+    computed by ``zoneout.kernels.input_projection`` (oneDNN): what the layer costs once rnn.py calls
+    that helper on the fused path (proposed; bench-only until then). Swaps ``zoneout.rnn.F`` for the
+    duration of the call, so only the layer's own projection is affected."""
 
-    def _sample_masks(self, T, B, like):
-        if not self.training:
-            return super()._sample_masks(T, B, like)
-        shape, n = (T, B, self.hidden_size), self.num_layers * self.num_directions
-        return [SequenceMasks(keep_h=kernels.keep_mask(shape, self.zoneout_h, like)) for _ in range(n)]
+    def __init__(self, rnn: nn.Module):
+        super().__init__()
+        self.inner = rnn
+
+    def forward(self, x, hx=None):
+        saved, zrnn.F = zrnn.F, _ProjectedF()
+        try:
+            return self.inner(x, hx)
+        finally:
+            zrnn.F = saved
 
 
 def build(variant: str, s: dict) -> nn.Module:
@@ -88,12 +90,11 @@ def build(variant: str, s: dict) -> nn.Module:
     rnn = {
         "torch_lstm": lambda: nn.LSTM(E, H, L),
         "zoneout_lstm_fused": lambda: ZoneoutLSTM(E, H, L, zoneout_c=Z_C, zoneout_h=Z_H, backend="fused"),
-        "zoneout_lstm_fused_fastmask": lambda: ZoneoutLSTMFastMasks(E, H, L, zoneout_c=Z_C, zoneout_h=Z_H,
-                                                                    backend="fused"),
+        "zoneout_lstm_fused_proj": lambda: ProjectedInput(ZoneoutLSTM(E, H, L, zoneout_c=Z_C, zoneout_h=Z_H,
+                                                                      backend="fused")),
         "zoneout_lstm_reference": lambda: ZoneoutLSTM(E, H, L, zoneout_c=Z_C, zoneout_h=Z_H, backend="reference"),
         "torch_gru": lambda: nn.GRU(E, H, L),
         "zoneout_gru_fused": lambda: ZoneoutGRU(E, H, L, zoneout_h=Z_H_GRU, backend="fused"),
-        "zoneout_gru_fused_fastmask": lambda: ZoneoutGRUFastMasks(E, H, L, zoneout_h=Z_H_GRU, backend="fused"),
         "zoneout_gru_reference": lambda: ZoneoutGRU(E, H, L, zoneout_h=Z_H_GRU, backend="reference"),
     }[variant]()
     torch.manual_seed(0)
@@ -244,16 +245,16 @@ def main(argv=None):
     for name in shapes:
         s = SHAPES[name]
         print(f"shape {name}: {s}", flush=True)
-        res = compare(s, "torch_lstm", ["zoneout_lstm_fused", "zoneout_lstm_fused_fastmask", "zoneout_lstm_reference"],
+        res = compare(s, "torch_lstm", ["zoneout_lstm_fused", "zoneout_lstm_fused_proj", "zoneout_lstm_reference"],
                       "train", args.reps,
                       {"zoneout_lstm_reference": args.reference_reps})
         rows.append({"shape": name, "what": "LSTM train step", "res": res})
         print(" ", name, "LSTM train", fmt_ratio(res["zoneout_lstm_fused"]["ratio"]), flush=True)
-        res = compare(s, "torch_lstm", ["zoneout_lstm_fused"], "eval", args.reps, {})
+        res = compare(s, "torch_lstm", ["zoneout_lstm_fused", "zoneout_lstm_fused_proj"], "eval", args.reps, {})
         rows.append({"shape": name, "what": "LSTM eval forward", "res": res})
         print(" ", name, "LSTM eval", fmt_ratio(res["zoneout_lstm_fused"]["ratio"]), flush=True)
         if name == "A":
-            res = compare(s, "torch_gru", ["zoneout_gru_fused", "zoneout_gru_fused_fastmask", "zoneout_gru_reference"],
+            res = compare(s, "torch_gru", ["zoneout_gru_fused", "zoneout_gru_reference"],
                           "train", args.reps,
                           {"zoneout_gru_reference": args.reference_reps})
             rows.append({"shape": name, "what": "GRU train step", "res": res})
@@ -287,6 +288,39 @@ def main(argv=None):
         Path(args.out + ".md").write_text(md)
 
 
+def _spread(rep: dict) -> float:
+    """Median over rows of the baseline's (q3 - q1) / median in percent: how much the same work's time moved."""
+    xs = [(r["res"][r["res"]["_base"]]["ms"]["q3"] - r["res"][r["res"]["_base"]]["ms"]["q1"])
+          / r["res"][r["res"]["_base"]]["ms"]["median"] * 100 for r in rep["rows"]]
+    return statistics.median(xs) if xs else float("nan")
+
+
+# issue 6's CPU targets: (measurement, variant, shapes, bound on the median ratio to torch)
+TARGETS = [("LSTM train step", "zoneout_lstm_fused", "ABC", 1.15), ("GRU train step", "zoneout_gru_fused", "A", 0.9),
+           ("LSTM eval forward", "zoneout_lstm_fused", "ABC", 1.15)]
+
+
+def _targets(rep: dict) -> list:
+    """Lines of a table: each CPU target of issue 6 against the median ratio measured above."""
+    L = ["", "Targets of issue 6 on this run (median ratio of the shipped layer; met = median within the bound):", "",
+         "| target | shape | bound | median ratio (IQR) | met |", "|---|---|---|---|---|"]
+    for what, variant, shapes, bound in TARGETS:
+        for row in rep["rows"]:
+            r = row["res"].get(variant)
+            if row["what"] != what or row["shape"] not in shapes or r is None or r["ratio"] is None:
+                continue
+            med = r["ratio"]["median"]
+            L.append(f"| {what} | {row['shape']} | ≤ {bound}× | {fmt_ratio(r['ratio'])} | "
+                     f"{'yes' if med <= bound else '**no**'} |")
+    mem = rep.get("peak_step_mb") or {}
+    for name in rep["shapes"]:
+        a, b = mem.get(f"{name}/torch_lstm"), mem.get(f"{name}/zoneout_lstm_fused")
+        if a:
+            met = "yes" if b / a <= 1.3 else "**no**"
+            L.append(f"| peak memory, training step | {name} | ≤ 1.3× | {b / a:.2f}× | {met} |")
+    return L
+
+
 def to_markdown(rep: dict) -> str:
     m = rep["meta"]
     L = [
@@ -300,6 +334,8 @@ def to_markdown(rep: dict) -> str:
         f"Load average (1/5/15 min) before: {', '.join(f'{x:.1f}' for x in m['loadavg_before'])}; "
         f"after: {', '.join(f'{x:.1f}' for x in m['loadavg_after'])} — the machine is shared with other "
         "developers' jobs, so absolute times are noisy; ratios are taken per interleaved repetition.",
+        f"Noise: the torch baseline's own ms/step varied by {_spread(rep):.0f}% (median over rows of IQR / median "
+        "across repetitions); a load average above the 2 cores means every job, this one included, waits for a core.",
         "",
         "Step = embedding → layer → linear → cross-entropy → backward; zoneout masks drawn inside every step "
         f"(LSTM z_c={m['rates']['lstm']['zoneout_c']}, z_h={m['rates']['lstm']['zoneout_h']}; "
@@ -307,9 +343,10 @@ def to_markdown(rep: dict) -> str:
         "Ratio = time / torch time in the same repetition: median (IQR) over the repetitions.",
         "",
         "Variants: `torch_*` = `torch.nn.LSTM`/`GRU` (oneDNN RNN on CPU), no zoneout; `zoneout_*_fused` = "
-        "`zoneout.ZoneoutLSTM`/`GRU(backend=\"fused\")` as shipped (masks from `zoneout.rnn.sample_masks`, i.e. "
-        "`bernoulli_`); `*_fastmask` = the same layer drawing its masks with `zoneout.kernels.keep_mask` (what the "
-        "layer costs once `sample_masks` uses that helper; a bench-only subclass until then); "
+        "`zoneout.ZoneoutLSTM`/`GRU(backend=\"fused\")` as shipped (masks drawn with `zoneout.kernels.keep_mask`); "
+        "`zoneout_lstm_fused_proj` = the same layer with its input projection computed by "
+        "`zoneout.kernels.input_projection` (oneDNN) instead of `F.linear` (what the layer costs once `zoneout/rnn.py` "
+        "calls that helper on the fused path; a bench-only wrapper until then); "
         "`zoneout_*_reference` = the same layer with `backend=\"reference\"` (Python loop over the cell), fewer reps.",
         "",
         "| shape | B×T, E→H, layers, vocab | measurement | variant | ms/step median (IQR) | tokens/s | ratio to torch | reps |",
@@ -327,6 +364,7 @@ def to_markdown(rep: dict) -> str:
                 f"`{v}` | {ms['median']:.1f} ({ms['q1']:.1f}–{ms['q3']:.1f}) | {r['tokens_per_s']:,.0f} | "
                 f"{fmt_ratio(r['ratio']) if v != res['_base'] else '1 (baseline)'} | {r['reps']} |"
             )
+    L += _targets(rep)
     if rep["peak_step_mb"]:
         L += ["", "Peak memory of one training step: growth of resident memory (RSS sampled every 0.5 ms) during "
               "one step over the state just before it, fresh subprocess per variant, glibc mmap threshold fixed at "

@@ -249,3 +249,84 @@ def test_no_compiler_falls_back_with_one_warning(monkeypatch):
     ref = lstm_sequence_reference(xw, h0, c0, w, None, 0.5, 0.3)[:3]
     _close(out, ref, torch.float32)
     assert not kernels.extension_loaded()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("training", [True, False])
+def test_lstm_sequence_returns_cells_like_reference(path, dtype, training):
+    """``lstm_sequence(..., return_cells=True)``: the zoned cell sequence and gradients through it."""
+    xw, h0, c0, w, b = _inputs(4, dtype)
+    kc, kh, u = _masks(dtype, True)
+    keeps = (kc, kh) if training else (0.5, 0.3)
+    got = kernels.lstm_sequence(xw, h0, c0, w, b, *keeps, u, return_cells=True)
+    ref = lstm_sequence_reference(xw, h0, c0, w, b, *keeps, u, return_cells=True)
+    assert got[3].shape == (T, B, H)
+    _close(got, ref, dtype)
+    params = [xw, h0, c0, w, b]
+    _close(_grads(got, params), _grads(ref, params), dtype)
+    # cells only (the norm stabilizer's use): the gradient reaches every input through dcs alone
+    got = kernels.lstm_sequence(xw, h0, c0, w, b, *keeps, u, return_cells=True)
+    ref = lstm_sequence_reference(xw, h0, c0, w, b, *keeps, u, return_cells=True)
+    g1 = torch.autograd.grad(got[3].pow(2).sum(), params)
+    g2 = torch.autograd.grad(ref[3].pow(2).sum(), params)
+    _close(g1, g2, dtype)
+    with torch.no_grad():
+        _close(kernels.lstm_sequence(xw, h0, c0, w, b, *keeps, u, return_cells=True), ref, dtype)
+    out = kernels.lstm_sequence(xw, h0, c0, w, b, *keeps, u)
+    assert out[3] is None
+    _close(out[:3], ref[:3], dtype)
+
+
+def test_layer_record_cells_on_fused_path(path):
+    """``record_cells`` (norm stabilizer on cells) no longer falls back to the reference loop."""
+    torch.manual_seed(0)
+    kw = dict(zoneout_c=0.5, zoneout_h=0.3, bidirectional=True, batch_first=True)
+    ref = ZoneoutLSTM(I, H, 2, backend="reference", **kw)
+    fast = ZoneoutLSTM(I, H, 2, backend="fused", **kw)
+    fast.load_state_dict(ref.state_dict())
+    ref.record_cells = fast.record_cells = True
+    x = torch.randn(B, T, I, requires_grad=True)
+    masks = ref._sample_masks(T, B, x)
+    a = ref._forward(x, None, masks=masks)[0]
+    b_ = fast._forward(x, None, masks=masks)[0]
+    ca, cb = ref.last_cell_sequence, fast.last_cell_sequence
+    assert cb.shape == (B, T, 2 * H)
+    _close([b_, cb], [a, ca], torch.float32)
+    ga = torch.autograd.grad(a.sum() + ca.pow(2).sum(), [x, *ref.parameters()])
+    gb = torch.autograd.grad(b_.sum() + cb.pow(2).sum(), [x, *fast.parameters()])
+    _close(gb, ga, torch.float32)
+
+
+def test_per_step_products_full_tiles_and_tails(path):
+    """Shapes with full 6x16 register tiles plus row/column tails of the C++ small GEMM
+    (forward W [80, 20], backward W^T [20, 80]) still equal the reference."""
+    g = torch.Generator().manual_seed(5)
+    T_, B_, H_ = 3, 13, 20
+    xw = torch.randn(T_, B_, 4 * H_, generator=g, requires_grad=True)
+    h0 = torch.randn(B_, H_, generator=g, requires_grad=True)
+    c0 = torch.randn(B_, H_, generator=g, requires_grad=True)
+    w = (torch.randn(4 * H_, H_, generator=g) * 0.3).requires_grad_()
+    kc = torch.rand(T_, B_, H_, generator=g).lt(0.5).float()
+    kh = torch.rand(T_, B_, H_, generator=g).lt(0.3).float()
+    got = kernels.lstm_recurrence(xw, h0, c0, w, kc, kh, None, 0.0, 0.0, True)
+    ref = lstm_sequence_reference(xw, h0, c0, w, None, kc, kh)[:3]
+    _close(got, ref, torch.float32)
+    _close(_grads(got, [xw, h0, c0, w]), _grads(ref, [xw, h0, c0, w]), torch.float32)
+
+
+def test_input_projection_equals_linear():
+    """``input_projection`` (oneDNN in float32 on CPU) == ``F.linear``: values, gradients, layouts."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(7, 5, 12, generator=g, requires_grad=True)
+    w = torch.randn(20, 12, generator=g, requires_grad=True)
+    b = torch.randn(20, generator=g, requires_grad=True)
+    for xx, bb in ((x, b), (x.transpose(0, 1), b), (x, None)):
+        got, ref = kernels.input_projection(xx, w, bb), torch.nn.functional.linear(xx, w, bb)
+        assert got.shape == ref.shape
+        _close([got], [ref], torch.float32)
+        params = [p for p in (x, w, bb) if p is not None]
+        _close(_grads([got], params), _grads([ref], params), torch.float32)
+    with torch.no_grad():
+        _close([kernels.input_projection(x, w, b)], [torch.nn.functional.linear(x, w, b)], torch.float32)
+    xd, wd = x.double(), w.double()  # not float32: exactly F.linear
+    assert torch.equal(kernels.input_projection(xd, wd), torch.nn.functional.linear(xd, wd))

@@ -8,7 +8,8 @@ import torch
 
 from . import _build
 from . import fused
-from .fused import available, gru_recurrence, lstm_recurrence, rnn_recurrence, use_extension
+from .fused import (available, gru_recurrence, input_projection, lstm_recurrence, lstm_sequence, rnn_recurrence,
+                    use_extension)
 
 #: ``backend="auto"`` in ``zoneout.rnn`` uses these kernels (it reads this flag).
 AUTO = True
@@ -34,5 +35,5 @@ def keep_mask(shape, p: float, like: torch.Tensor) -> torch.Tensor:
     return ext.keep_mask(list(shape), float(p), seed, like)
 
 
-__all__ = ["keep_mask", "AUTO", "lstm_recurrence", "gru_recurrence", "rnn_recurrence", "available", "extension_loaded",
-           "use_extension"]
+__all__ = ["keep_mask", "input_projection", "AUTO", "lstm_recurrence", "lstm_sequence", "gru_recurrence",
+           "rnn_recurrence", "available", "extension_loaded", "use_extension"]

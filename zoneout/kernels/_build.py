@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 _SRC = Path(__file__).parent / "csrc" / "zoneout_cpu.cpp"
-_HDR = Path(__file__).parent / "csrc" / "pointwise.h"
+_HDRS = [Path(__file__).parent / "csrc" / n for n in ("pointwise.h", "small_gemm.h")]
 _lock = threading.Lock()
 _state = {"tried": False, "module": None, "error": None}
 
@@ -50,7 +50,7 @@ def load(verbose: bool = False):
             _state["error"] = "disabled by ZONEOUT_NO_EXT"
             return None
         flags = _cpu_flags()
-        tag = hashlib.sha1(_SRC.read_bytes() + _HDR.read_bytes() + " ".join(flags).encode()).hexdigest()[:10]
+        tag = hashlib.sha1(_SRC.read_bytes() + b"".join(h.read_bytes() for h in _HDRS) + " ".join(flags).encode()).hexdigest()[:10]
         try:
             from torch.utils import cpp_extension
 

@@ -9,8 +9,11 @@ pass walks the sequence once, and the recurrent weight gradient is a single GEMM
 rows after the loop. The time loop and the pointwise math run in the C++ extension
 (``csrc/zoneout_cpu.cpp``) when it builds, else in the pure-PyTorch twin below (same algorithm,
 same saved tensors, slower: ~15 dispatched ops per step instead of one fused pass). In float32 the
-per-step products go through oneDNN with the recurrent weight packed once per sequence
-(:func:`_pack`), which on the measured AMD EPYC is 1.3-2x faster than the default BLAS path.
+per-step products run in the extension's own small GEMM (``csrc/small_gemm.h``, weight packed once
+per sequence, no library call per step) while the weight fits the cache, else through oneDNN with
+the weight packed once per sequence (:func:`_pack`); on the measured AMD EPYC both are 1.3-2x
+faster than the default BLAS path. :func:`input_projection` is the matching oneDNN product for the
+input projection of all steps (the layer computes ``xw``).
 
 Zoneout factor per step: the 0/1 keep mask in training (None = no zoneout), the keep rate ``p`` in
 eval (the expectation ``p*prev + (1-p)*new``); masks are ignored in eval, rates in training.
@@ -26,7 +29,8 @@ from torch import Tensor
 
 from . import _build
 
-__all__ = ["lstm_recurrence", "gru_recurrence", "rnn_recurrence", "available", "use_extension"]
+__all__ = ["lstm_recurrence", "lstm_sequence", "gru_recurrence", "rnn_recurrence", "input_projection", "available",
+           "use_extension"]
 
 # None = decide on first use (build the extension if possible); True/False forces the choice.
 _USE_EXT: Optional[bool] = None
@@ -83,6 +87,16 @@ def _pack(w_linear: Tensor, batch: int) -> Optional[Tensor]:
         return None
 
 
+def _step_pack(w_linear: Tensor, batch: int) -> Optional[Tensor]:
+    """:func:`_pack` for the per-step products of the C++ recurrences, or None when the extension
+    runs them with its own small GEMM (``csrc/small_gemm.h``: float32, weight up to 8 MB), which
+    needs no oneDNN packing and makes no library call per step."""
+    ext = _build.load()
+    if ext is not None and w_linear.dtype == torch.float32 and ext.own_gemm(*w_linear.shape):
+        return None
+    return _pack(w_linear, batch)
+
+
 def _needs_grad(*ts) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
@@ -133,12 +147,15 @@ def _lstm_forward_py(xw, h0, c0, w_hh, keep_c, keep_h, update, p_c, p_h, trainin
     return hs, cs, G, TC
 
 
-def _lstm_backward_py(dhs, dhT, dcT, h0, c0, w_hh, hs, cs, G, TC, keep_c, keep_h, update, p_c, p_h, training):
+def _lstm_backward_py(dhs, dhT, dcT, h0, c0, w_hh, hs, cs, G, TC, keep_c, keep_h, update, p_c, p_h, training,
+                      dcs=None):
     T, B, H4 = G.shape
     H = H4 // 4
     dG = torch.empty_like(G)
     dh, dc = dhT.clone(), dcT.clone()
     for t in range(T - 1, -1, -1):
+        if dcs is not None:  # gradient of the returned cell sequence at this step's zoned cell
+            dc = dc + dcs[t]
         i, f, g, o = G[t].split(H, 1)
         tc = TC[t]
         c_prev = cs[t - 1] if t > 0 else c0
@@ -258,31 +275,34 @@ def _rnn_backward_py(dhs, dhT, h0, w_hh, hs, A, keep_h, update, p_h, training, r
 # ------------------------------------------------------------------------------------------------
 class _LSTMFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xw, h0, c0, w_hh, b_hh, keep_c, keep_h, update, p_c, p_h, training):
+    def forward(ctx, xw, h0, c0, w_hh, b_hh, keep_c, keep_h, update, p_c, p_h, training, cells):
         ext = _ext() if _cpu(xw) else None
         if ext is not None:
             hs, cs, G, TC = ext.lstm_forward(xw, h0, c0, w_hh, keep_c, keep_h, update, p_c, p_h, training, True,
-                                             _pack(w_hh, xw.shape[1]), b_hh)
+                                             _step_pack(w_hh, xw.shape[1]), b_hh)
         else:
             xb = xw if b_hh is None else xw + b_hh
             hs, cs, G, TC = _lstm_forward_py(xb, h0, c0, w_hh, keep_c, keep_h, update, p_c, p_h, training, True)
         ctx.save_for_backward(h0, c0, w_hh, hs, cs, G, TC, keep_c, keep_h, update)
         ctx.args = (p_c, p_h, training, ext is not None, b_hh is not None)
+        if cells:  # the zoned cell sequence as a fourth output (its gradient enters backward as dcs)
+            return hs, hs[-1].clone(), cs[-1].clone(), cs
         return hs, hs[-1].clone(), cs[-1].clone()
 
     @staticmethod
-    def backward(ctx, dhs, dhT, dcT):
+    def backward(ctx, dhs, dhT, dcT, *dcells):
         h0, c0, w_hh, hs, cs, G, TC, keep_c, keep_h, update = ctx.saved_tensors
         p_c, p_h, training, with_ext, has_b = ctx.args
+        dcs = dcells[0].contiguous() if dcells and dcells[0] is not None else None
         dhs = dhs.contiguous()
         args = (dhs, dhT.contiguous(), dcT.contiguous(), h0, c0, w_hh, hs, cs, G, TC,
                 keep_c, keep_h, update, p_c, p_h, training)
         if with_ext:
-            dxw, dh0, dc0, dw = _build.load().lstm_backward(*args, _pack(w_hh.t(), G.shape[1]))
+            dxw, dh0, dc0, dw = _build.load().lstm_backward(*args, _step_pack(w_hh.t(), G.shape[1]), dcs)
         else:
-            dxw, dh0, dc0, dw = _lstm_backward_py(*args)
+            dxw, dh0, dc0, dw = _lstm_backward_py(*args, dcs=dcs)
         db = dxw.view(-1, dxw.shape[-1]).sum(0) if has_b else None
-        return dxw, dh0, dc0, dw, db, None, None, None, None, None, None
+        return dxw, dh0, dc0, dw, db, None, None, None, None, None, None, None
 
 
 class _GRUFunction(torch.autograd.Function):
@@ -291,7 +311,7 @@ class _GRUFunction(torch.autograd.Function):
         ext = _ext() if _cpu(xw) else None
         if ext is not None:
             hs, HH, N = ext.gru_forward(xw, h0, w_hh, b_hh, keep_h, update, p_h, training, True,
-                                        _pack(w_hh, xw.shape[1]))
+                                        _step_pack(w_hh, xw.shape[1]))
         else:
             hs, HH, N = _gru_forward_py(xw, h0, w_hh, b_hh, keep_h, update, p_h, training, True)
         ctx.save_for_backward(h0, w_hh, hs, HH, N, keep_h, update)
@@ -304,7 +324,7 @@ class _GRUFunction(torch.autograd.Function):
         p_h, training, with_ext, has_b = ctx.args
         args = (dhs.contiguous(), dhT.contiguous(), h0, w_hh, hs, HH, N, keep_h, update, p_h, training)
         if with_ext:
-            dxw, dh0, dw, db = _build.load().gru_backward(*args, _pack(w_hh.t(), HH.shape[1]))
+            dxw, dh0, dw, db = _build.load().gru_backward(*args, _step_pack(w_hh.t(), HH.shape[1]))
         else:
             dxw, dh0, dw, db = _gru_backward_py(*args)
         return dxw, dh0, dw, (db if has_b else None), None, None, None, None
@@ -315,8 +335,8 @@ class _RNNFunction(torch.autograd.Function):
     def forward(ctx, xw, h0, w_hh, b_hh, keep_h, update, p_h, training, relu):
         ext = _ext() if _cpu(xw) else None
         if ext is not None:
-            hs, A = ext.rnn_forward(xw, h0, w_hh, keep_h, update, p_h, training, relu, True, _pack(w_hh, xw.shape[1]),
-                                    b_hh)
+            hs, A = ext.rnn_forward(xw, h0, w_hh, keep_h, update, p_h, training, relu, True,
+                                    _step_pack(w_hh, xw.shape[1]), b_hh)
         else:
             xb = xw if b_hh is None else xw + b_hh
             hs, A = _rnn_forward_py(xb, h0, w_hh, keep_h, update, p_h, training, relu, True)
@@ -330,11 +350,80 @@ class _RNNFunction(torch.autograd.Function):
         p_h, training, relu, with_ext, has_b = ctx.args
         args = (dhs.contiguous(), dhT.contiguous(), h0, w_hh, hs, A, keep_h, update, p_h, training, relu)
         if with_ext:
-            dxw, dh0, dw = _build.load().rnn_backward(*args, _pack(w_hh.t(), A.shape[1]))
+            dxw, dh0, dw = _build.load().rnn_backward(*args, _step_pack(w_hh.t(), A.shape[1]))
         else:
             dxw, dh0, dw = _rnn_backward_py(*args)
         db = dxw.view(-1, dxw.shape[-1]).sum(0) if has_b else None
         return dxw, dh0, dw, db, None, None, None, None, None
+
+
+# ------------------------------------------------------------------------------------------------
+# input projection (all timesteps in one product)
+# ------------------------------------------------------------------------------------------------
+def _dnnl_linear(x2: Tensor, w: Tensor, b: Optional[Tensor]) -> Optional[Tensor]:
+    """``x2 @ w^T + b`` through oneDNN with ``w`` packed for this call, or None when unavailable."""
+    packed = _pack(w, x2.shape[0])
+    if packed is None:
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise(x2, packed, b, "none", [], "")
+    except RuntimeError:
+        return None
+
+
+class _ProjectionFunction(torch.autograd.Function):
+    """``x @ w^T + b`` with the forward and the input gradient through oneDNN (the weight gradient
+    ``dy^T x`` and the bias gradient as torch's own linear computes them)."""
+
+    @staticmethod
+    def forward(ctx, x2, w, b):
+        ctx.save_for_backward(x2, w)
+        ctx.has_b = b is not None
+        return _dnnl_linear(x2, w, b)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, w = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = _dnnl_linear(dy, w.t().contiguous(), None)
+            if dx is None:
+                dx = dy @ w
+        if ctx.needs_input_grad[1]:
+            dw = dy.t() @ x2
+        if ctx.has_b and ctx.needs_input_grad[2]:
+            db = dy.sum(0)
+        return dx, dw, db
+
+
+def input_projection(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor] = None) -> Tensor:
+    """``F.linear(x, w_ih, b_ih)`` for the input projection of all timesteps (``xw`` of the recurrences).
+
+    float32 on CPU: one oneDNN product with the weight packed for the call (about 1.5x faster than
+    the default BLAS path for these tall-skinny products on the measured AMD EPYC; the weight is
+    small, packing costs well under 1% of the product); the input gradient goes through oneDNN too.
+    Anything else (float64, other devices, no mkldnn): ``F.linear``. Same values up to float32
+    rounding of a different summation order.
+    """
+    use = (_USE_ONEDNN is not False and x.dtype == torch.float32 and w_ih.dtype == torch.float32
+           and _cpu(x) and x.dim() >= 2 and x.numel() > 0 and torch.backends.mkldnn.is_available()
+           and (b_ih is None or b_ih.dtype == torch.float32))
+    if not use:
+        return torch.nn.functional.linear(x, w_ih, b_ih)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    x2 = x2 if x2.is_contiguous() else x2.contiguous()
+    w = w_ih.contiguous()
+    b = None if b_ih is None else b_ih.contiguous()
+    if _needs_grad(x2, w, b):
+        y = _ProjectionFunction.apply(x2, w, b)
+    else:
+        with torch.no_grad():
+            y = _dnnl_linear(x2, w, b)
+    if y is None:
+        return torch.nn.functional.linear(x, w_ih, b_ih)
+    return y.view(*lead, y.shape[-1])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -352,7 +441,8 @@ def lstm_recurrence(
     p_h: float = 0.0,
     training: bool = True,
     b_hh: Optional[Tensor] = None,
-) -> Tuple[Tensor, Tensor, Tensor]:
+    return_cells: bool = False,
+):
     """Zoneout LSTM over a whole sequence (one layer, one direction).
 
     Args:
@@ -363,31 +453,37 @@ def lstm_recurrence(
         p_c, p_h: keep rates, used in eval only (expectation).
         training: mask (True) or expectation (False).
         b_hh: optional ``[4H]`` hidden bias, if it was not folded into ``xw``.
+        return_cells: also return the zoned cell state of every step (differentiable), for the
+            norm stabilizer's cell option.
 
     Returns:
-        ``(hs [T, B, H], h_T [B, H], c_T [B, H])``; hs are the zoned h per step.
+        ``(hs [T, B, H], h_T [B, H], c_T [B, H])``; hs are the zoned h per step. With
+        ``return_cells``: ``(hs, h_T, c_T, cs [T, B, H])``.
     """
     T, B, H4 = xw.shape
     H = H4 // 4
     if T == 0:
-        return xw.new_empty(0, B, H), h0, c0
+        empty = xw.new_empty(0, B, H)
+        return (empty, h0, c0, xw.new_empty(0, B, H)) if return_cells else (empty, h0, c0)
     xw, h0, c0, w_hh = xw.contiguous(), h0.contiguous(), c0.contiguous(), w_hh.contiguous()
     b_hh = None if b_hh is None else b_hh.contiguous()  # added inside the pointwise pass
     keep_c = _mask(keep_c, xw, T, B, H) if training else None
     keep_h = _mask(keep_h, xw, T, B, H) if training else None
     update_mask = _mask(update_mask, xw, T, B, H)
     p_c, p_h, training = float(p_c), float(p_h), bool(training)
+    return_cells = bool(return_cells)
     if _needs_grad(xw, h0, c0, w_hh, b_hh):
-        return _LSTMFunction.apply(xw, h0, c0, w_hh, b_hh, keep_c, keep_h, update_mask, p_c, p_h, training)
+        return _LSTMFunction.apply(xw, h0, c0, w_hh, b_hh, keep_c, keep_h, update_mask, p_c, p_h, training,
+                                   return_cells)
     ext = _ext() if _cpu(xw) else None
-    if ext is not None:
-        hs, cs, _, _ = ext.lstm_forward(xw, h0, c0, w_hh, keep_c, keep_h, update_mask, p_c, p_h, training, False,
-                                        _pack(w_hh, B), b_hh)
+    if ext is not None:  # save=True keeps every step's cell (only needed for return_cells)
+        hs, cs, _, _ = ext.lstm_forward(xw, h0, c0, w_hh, keep_c, keep_h, update_mask, p_c, p_h, training,
+                                        return_cells, _step_pack(w_hh, B), b_hh)
     else:
         xb = xw if b_hh is None else xw + b_hh
         hs, cs, _, _ = _lstm_forward_py(xb, h0, c0, w_hh, keep_c, keep_h, update_mask, p_c, p_h, training, False)
     c_T = cs[(T - 1) % cs.shape[0]]
-    return hs, hs[-1], c_T
+    return (hs, hs[-1], c_T, cs) if return_cells else (hs, hs[-1], c_T)
 
 
 def gru_recurrence(
@@ -424,7 +520,8 @@ def gru_recurrence(
         return _GRUFunction.apply(xw, h0, w_hh, b_hh, keep_h, update_mask, p_h, training)
     ext = _ext() if _cpu(xw) else None
     if ext is not None:
-        hs, _, _ = ext.gru_forward(xw, h0, w_hh, b_hh, keep_h, update_mask, p_h, training, False, _pack(w_hh, B))
+        hs, _, _ = ext.gru_forward(xw, h0, w_hh, b_hh, keep_h, update_mask, p_h, training, False,
+                                   _step_pack(w_hh, B))
     else:
         hs, _, _ = _gru_forward_py(xw, h0, w_hh, b_hh, keep_h, update_mask, p_h, training, False)
     return hs, hs[-1]
@@ -464,8 +561,50 @@ def rnn_recurrence(
         return _RNNFunction.apply(xw, h0, w_hh, b_hh, keep_h, update_mask, p_h, training, relu)
     ext = _ext() if _cpu(xw) else None
     if ext is not None:
-        hs, _ = ext.rnn_forward(xw, h0, w_hh, keep_h, update_mask, p_h, training, relu, False, _pack(w_hh, B), b_hh)
+        hs, _ = ext.rnn_forward(xw, h0, w_hh, keep_h, update_mask, p_h, training, relu, False,
+                                _step_pack(w_hh, B), b_hh)
     else:
         xb = xw if b_hh is None else xw + b_hh
         hs, _ = _rnn_forward_py(xb, h0, w_hh, keep_h, update_mask, p_h, training, relu, False)
     return hs, hs[-1]
+
+
+# ------------------------------------------------------------------------------------------------
+# the layers' sequence signature (zoneout.rnn picks ``lstm_sequence`` up when present)
+# ------------------------------------------------------------------------------------------------
+def _split_keep(keeps, T: int, B: int, H: int, like: Tensor):
+    """Keep masks as the layer passes them (tensor or float) -> (training, [(mask or None, rate)]).
+
+    Same rule as ``zoneout.rnn._split_keep``: any tensor -> training with 0/1 masks (a constant 0 ->
+    no mask, any other constant -> a broadcast mask, which is exact); all floats -> eval rates.
+    """
+    if any(isinstance(k, Tensor) for k in keeps):
+        out = []
+        for k in keeps:
+            if isinstance(k, Tensor):
+                out.append((k, 0.0))
+            elif k == 0.0:
+                out.append((None, 0.0))
+            else:
+                out.append((like.new_full((1, 1, 1), float(k)).expand(T, B, H), 0.0))
+        return True, out
+    return False, [(None, float(k)) for k in keeps]
+
+
+def lstm_sequence(x_proj: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
+                  keep_c=0.0, keep_h=0.0, update: Optional[Tensor] = None, return_cells: bool = False):
+    """``zoneout.rnn.lstm_sequence_reference``'s signature and results on the fused recurrence,
+    including the zoned cell sequence (``return_cells``, differentiable) so that the layer's
+    ``record_cells`` (norm stabilizer on cells) stays on the fused path.
+
+    Returns:
+        ``(output [T, B, H], h_n [B, H], c_n [B, H], cells [T, B, H] or None)``.
+    """
+    T, B, H = x_proj.shape[0], x_proj.shape[1], h0.shape[-1]
+    training, [(kc, pc), (kh, ph)] = _split_keep((keep_c, keep_h), T, B, H, x_proj)
+    res = lstm_recurrence(x_proj, h0, c0, w_hh, keep_c=kc, keep_h=kh, update_mask=update, p_c=pc, p_h=ph,
+                          training=training, b_hh=b_hh, return_cells=return_cells)
+    if return_cells:
+        return res
+    out, h, c = res
+    return out, h, c, None

@@ -101,12 +101,13 @@ inline void lstm_bwd_row(const scalar_t* __restrict gi, const scalar_t* __restri
                          const scalar_t* __restrict dhs, const scalar_t* __restrict r, scalar_t* __restrict dh,
                          scalar_t* __restrict dc, scalar_t* __restrict dgi, scalar_t* __restrict dgf,
                          scalar_t* __restrict dgg, scalar_t* __restrict dgo, const scalar_t* __restrict kc,
-                         const scalar_t* __restrict kh, const scalar_t* __restrict u, int64_t H) {
+                         const scalar_t* __restrict kh, const scalar_t* __restrict u,
+                         const scalar_t* __restrict dcs, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     scalar_t ah = kh[j];
     scalar_t ac = kc[j];
     scalar_t dht = dh[j] + r[j] + dhs[j];
-    scalar_t dct = dc[j];
+    scalar_t dct = dc[j] + dcs[j];
     scalar_t dhn = (scalar_t(1) - ah) * dht;
     scalar_t i = gi[j], f = gf[j], gt = gg[j], o = go[j], t = tc[j];
     scalar_t dcn = (scalar_t(1) - ac) * dct + dhn * o * (scalar_t(1) - t * t);
@@ -121,11 +122,13 @@ inline void lstm_bwd_row(const scalar_t* __restrict gi, const scalar_t* __restri
 }
 
 template <typename scalar_t>
+// dcs: the gradient arriving at this step's zoned cell from outside (the returned cell sequence),
+// a zeros row when the cells are not an output.
 void lstm_bwd_point(const scalar_t* g, const scalar_t* tc, const scalar_t* cp, const scalar_t* dhs, const scalar_t* r,
                     scalar_t* dh, scalar_t* dc, scalar_t* dG, const scalar_t* kc, const scalar_t* kh,
-                    const scalar_t* u, int64_t H) {
+                    const scalar_t* u, const scalar_t* dcs, int64_t H) {
   lstm_bwd_row<scalar_t>(g, g + H, g + 2 * H, g + 3 * H, tc, cp, dhs, r, dh, dc, dG, dG + H, dG + 2 * H,
-                         dG + 3 * H, kc, kh, u, H);
+                         dG + 3 * H, kc, kh, u, dcs, H);
 }
 
 template <typename scalar_t>
