@@ -364,3 +364,32 @@ def test_demo_trains_both_models_and_prints_side_by_side(tmp_path, stdlib_dir):
         run = next(tmp_path.glob(f"*_stdlib/{name}"))
         assert json.loads((run / "metrics.json").read_text())["test_bpc"] == pytest.approx(value, abs=5e-4)
         assert f"run dir ({name}): {run}" in p.stdout
+
+
+@reliability(failure='one job of a multirun sweep diverges',
+             provoked='`python -m zoneout.train -m ... optim.lr=inf,0.002` (basic launcher)',
+             expected='the diverged job is recorded as failed, the next job still runs and completes')
+def test_multirun_failure_does_not_stop_the_other_jobs(tmp_path, stdlib_dir):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "data=stdlib", f"data.data_dir={stdlib_dir}", "data.train_tokens=6000", "data.seq_len=20",
+            "data.batch_size=4", "model.hidden_size=16", "trainer.max_epochs=1", "trainer.max_steps_per_epoch=3",
+            "trainer.max_eval_batches=2", "trainer.final_eval_batches=2", "trainer.progress=false",
+            "model.backend=reference", "optim.lr=inf,0.002", f"hydra.sweep.dir={sweep}",
+            f"run_dir={sweep}/lr" + "${optim.lr}"]
+    p = _cli(args)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode != 0                       # Hydra reports the failed job at the end ...
+    assert "JobFailed" in err and "diverged" in err
+    ok = json.loads((sweep / "lr0.002" / "metrics.json").read_text())   # ... after the other job ran
+    bad = json.loads((sweep / "lrinf" / "metrics.json").read_text())
+    assert ok["status"] == "completed" and bad["status"] == "diverged"
+
+
+def test_task_function_returns_validation_metric(tmp_path, synthetic, monkeypatch):
+    """Optuna-style sweepers minimise what the task returns: the best valid metric, inf when diverged."""
+    from omegaconf import OmegaConf
+    cfg = zt.compose(["data=stdlib", "model.hidden_size=16", "trainer.max_epochs=1", "trainer.progress=false",
+                      "model.backend=reference", "data.seq_len=10", "data.batch_size=4", f"run_dir={tmp_path / 'r'}"])
+    value = zt._hydra_main(OmegaConf.create(cfg))
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert value == pytest.approx(metrics["valid_bpc"]) and math.isfinite(value)

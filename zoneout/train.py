@@ -51,6 +51,7 @@ differ in the last bits from the first step on and drift apart over training: cl
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -612,9 +613,33 @@ def compose(overrides: Sequence[str] = (), config_dir: Path = CONFIG_DIR) -> Dic
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def _hydra_main(cfg) -> None:
+class JobFailed(RuntimeError):
+    """A job of a multirun sweep that could not finish (bad config, missing data, divergence). Raised instead of
+    ``sys.exit`` in multirun mode so Hydra records this job as failed and still runs the others."""
+
+
+def _is_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - no Hydra context: a plain run
+        return False
+
+
+def _fail(message: str, code: int):
+    print(message, file=sys.stderr)
+    if _is_multirun():
+        raise JobFailed(f"{message} (exit code {code} in a single run)")
+    sys.exit(code)
+
+
+def _hydra_main(cfg) -> Optional[float]:
+    """Hydra task function. Returns the best validation metric (lower is better for every metric here), so
+    sweepers that optimise (Optuna) can use it; ``inf`` for a diverged run."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
+    _register_resolvers()   # also in submitit workers, which unpickle this function without running main()
     try:
         overrides = list(HydraConfig.get().overrides.task)
     except ValueError:
@@ -625,27 +650,30 @@ def _hydra_main(cfg) -> None:
         result = run(tc, command=command.strip(), overrides=overrides,
                      run_dir_explicit=any(o.split("=")[0].lstrip("+") == "run_dir" for o in overrides))
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        sys.exit(CONFIG_ERROR_EXIT_CODE)
+        _fail(f"config error: {e}", CONFIG_ERROR_EXIT_CODE)
     except Preempted as e:
         print(f"preempted: {e}", file=sys.stderr)
         exit_after_preemption(e)
     except Exception as e:
         if type(e).__name__ == "DataError":
-            print(f"data error: {e}", file=sys.stderr)
-            sys.exit(CONFIG_ERROR_EXIT_CODE)
+            _fail(f"data error: {e}", CONFIG_ERROR_EXIT_CODE)
         raise
     metric = result["metric"]
     print(json.dumps({k: result.get(k) for k in ("run_dir", "status", "best_epoch", f"valid_{metric}",
                                                   f"test_{metric}")}))
     if result["status"] == "diverged":
-        sys.exit(DIVERGED_EXIT_CODE)
+        _fail(f"diverged: {result.get('run_dir')}", DIVERGED_EXIT_CODE)
+    value = result.get(f"valid_{metric}")
+    return float(value) if value is not None else math.inf
 
 
 def main() -> None:
     import hydra
     _register_resolvers()
-    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")(_hydra_main)()
+    # Hand Hydra the function of the importable module, not of ``__main__``: launchers that pickle the task
+    # (submitit) can then import it by name in the worker instead of failing to copy ``__main__`` by value.
+    task = importlib.import_module("zoneout.train")._hydra_main
+    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")(task)()
 
 
 if __name__ == "__main__":
