@@ -269,6 +269,14 @@ def _kernel_fn(kind: str, backend: str) -> Optional[Callable]:
     return fn
 
 
+def _kernels_attr(name: str, default: Callable) -> Callable:
+    """``zoneout.kernels.<name>`` when the kernels import, else ``default``."""
+    try:
+        return getattr(importlib.import_module("zoneout.kernels"), name, default)
+    except Exception:  # noqa: BLE001 - same fallback rule as _kernel_fn
+        return default
+
+
 def _mask_drawer(backend: str) -> Callable:
     """The mask generator matching ``backend``: the kernels' hashed-bits ``keep_mask`` (about 30x
     faster than ``bernoulli_`` on CPU, seeded from the torch RNG) when the fused path is in use,
@@ -526,6 +534,7 @@ class _ZoneoutRNNBase(nn.Module):
             raise ValueError(f"expected {L * D} SequenceMasks (num_layers * num_directions), got {len(masks)}")
 
         fn = self._sequence_fn()
+        project = F.linear if fn is _REFERENCE[self._kind] else _kernels_attr("input_projection", F.linear)
         layer_input = input
         h_n, c_n, cells_top = [], [], None
         for layer in range(L):
@@ -535,7 +544,7 @@ class _ZoneoutRNNBase(nn.Module):
                 w = [getattr(self, n) for n in self._all_weights[idx]]
                 w_ih, w_hh = w[0], w[1]
                 b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
-                x_proj = F.linear(layer_input, w_ih, b_ih)  # all timesteps in one matmul
+                x_proj = project(layer_input, w_ih, b_ih)  # all timesteps in one matmul
                 m = masks[idx]
                 if direction == 1:
                     x_proj, m = x_proj.flip(0), m.flip()
