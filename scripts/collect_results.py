@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Collect every finished run and regenerate results/: runs.csv, one <table>.md per table, plots, README block.
 
-    python scripts/collect_results.py                       # experiments/ -> results/, README.md block
+    python scripts/collect_results.py                       # results/runs/ + experiments/ -> results/, README block
     python scripts/collect_results.py --runs experiments/reproduce --tables char_ptb pmnist
 
 Offline and deterministic: the same run folders give byte-identical files (see zoneout/results.py).
@@ -19,7 +19,9 @@ from zoneout.results import write_results  # noqa: E402
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", nargs="+", default=["experiments"], help="folders scanned for metrics.json")
+    p.add_argument("--runs", nargs="+", default=["results/runs", "experiments"],
+                   help="folders scanned for metrics.json (results/runs: the committed records of the runs behind "
+                        "the committed tables; a run found in both counts once)")
     p.add_argument("--out", default="results", help="output folder")
     p.add_argument("--sweeps", default="configs/sweep", help="sweep files (table titles, row order, scales)")
     p.add_argument("--readme", default="README.md", help="README with the results markers ('' = leave alone)")

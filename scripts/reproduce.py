@@ -236,10 +236,14 @@ def main(argv: list[str] | None = None) -> int:
             break
         attempted |= progressed
 
+    done = [rdir[id(j)] for j in jobs if job_status(rdir[id(j)]) in finished]
+    archived = results.archive_runs(done, root=args.runs_root, archive=Path(args.results_dir) / "runs")
+    print(f"[reproduce] archived the records of {len(archived)} finished run(s) under "
+          f"{Path(args.results_dir) / 'runs'} (metrics, config, log; no checkpoints)", flush=True)
     if not args.no_collect:
         readme = args.readme if args.readme and Path(args.readme).is_file() else None
-        written = results.write_results([args.collect_from], out_dir=args.results_dir, sweep_dir=args.sweep_dir,
-                                        readme=readme)
+        written = results.write_results([Path(args.results_dir) / "runs", args.collect_from],
+                                        out_dir=args.results_dir, sweep_dir=args.sweep_dir, readme=readme)
         print(f"[reproduce] wrote {', '.join(str(w) for w in written)}", flush=True)
     missing = [rdir[id(j)] for j in todo if job_status(rdir[id(j)]) != "completed"]
     if missing:

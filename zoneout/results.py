@@ -20,6 +20,7 @@ import io
 import json
 import math
 import os
+import shutil
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,10 +207,45 @@ def find_run_dirs(roots: Iterable[str | Path]) -> list[Path]:
     return sorted(found)
 
 
-def collect(roots: Iterable[str | Path] = ("experiments",), base: str | Path | None = None) -> list[Run]:
-    """Load every run folder under ``roots``; ``run_dir`` is reported relative to ``base``."""
-    runs = [load_run(d, base=base) for d in find_run_dirs(roots)]
-    return [r for r in runs if r is not None]
+RUN_RECORD = ("metrics.json", "metrics.jsonl", "config.yaml", "train.log", ".hydra/overrides.yaml")
+ARCHIVE = Path("results") / "runs"
+
+
+def archive_runs(run_dirs: Iterable[str | Path], root: str | Path, archive: str | Path = ARCHIVE) -> list[Path]:
+    """Copy the small record of each finished run (``RUN_RECORD``: no checkpoints) from ``root/<rel>`` to
+    ``archive/<rel>``, atomically per file, so committed tables can be regenerated from a clean checkout.
+    Returns the archived folders."""
+    out = []
+    for d in run_dirs:
+        d = Path(d)
+        if not (d / "metrics.json").is_file():
+            continue
+        dest = Path(archive) / d.relative_to(root)
+        for name in RUN_RECORD:
+            src = d / name
+            if src.is_file():
+                target = dest / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(target.name + ".tmp")
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, target)
+        out.append(dest)
+    return out
+
+
+def collect(roots: Iterable[str | Path] = (ARCHIVE, "experiments"), base: str | Path | None = None) -> list[Run]:
+    """Load every run folder under ``roots``; ``run_dir`` is reported relative to ``base``. A run found twice
+    (its archived record in results/runs and the live folder in experiments/) counts once, from the first root."""
+    runs, seen = [], set()
+    for d in (d for root in roots for d in find_run_dirs([root])):
+        key = (d / "metrics.json").read_bytes()
+        if key in seen:
+            continue
+        seen.add(key)
+        r = load_run(d, base=base)
+        if r is not None:
+            runs.append(r)
+    return runs
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -738,7 +774,7 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_results(runs_roots: Iterable[str | Path] = ("experiments",), out_dir: str | Path = "results",
+def write_results(runs_roots: Iterable[str | Path] = (ARCHIVE, "experiments"), out_dir: str | Path = "results",
                   sweep_dir: str | Path = "configs/sweep", readme: str | Path | None = "README.md",
                   base: str | Path | None = ".", plots: bool = True, tables: Iterable[str] | None = None
                   ) -> list[Path]:
