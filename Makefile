@@ -14,7 +14,7 @@ MIRROR_ARG = $(if $(MIRROR),--mirror $(MIRROR),)
         results bench reliability smoke-datasets
 
 help: ## list the targets (hardware and time each assumes are stated per target)
-	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: .make/installed ## install the package and test tools (CPU torch 2.13.0 only if no torch is present)
 
@@ -27,7 +27,7 @@ install: .make/installed ## install the package and test tools (CPU torch 2.13.0
 test: install ## run the offline CPU test suite (~5-10 min on 2 cores)
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
-demo: install ## train a small zoneout LSTM and an unregularized one on CPU (~4 min), print BPC side by side; DATA=stdlib|ptb_char
+demo: install ## train a small zoneout LSTM and an unregularized one on CPU (5-10 min on 2 cores), print BPC side by side; DATA=stdlib|ptb_char
 	$(PYTHON) scripts/demo.py --data $(DATA)
 
 data: data-ptb data-text8 data-enwik8 data-mnist ## download + verify + prepare every corpus (needs network or MIRROR=...)

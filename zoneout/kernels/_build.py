@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -50,10 +51,19 @@ def load(verbose: bool = False):
             _state["error"] = "disabled by ZONEOUT_NO_EXT"
             return None
         flags = _cpu_flags()
-        tag = hashlib.sha1(_SRC.read_bytes() + b"".join(h.read_bytes() for h in _HDRS) + " ".join(flags).encode()).hexdigest()[:10]
+        # the checkout's path is hashed too: two checkouts sharing one cache folder would rebuild each other
+        tag = hashlib.sha1(_SRC.read_bytes() + b"".join(h.read_bytes() for h in _HDRS) + " ".join(flags).encode()
+                           + str(_SRC.resolve()).encode()).hexdigest()[:10]
         try:
             from torch.utils import cpp_extension
 
+            try:  # tell the user why the first call waits (a private helper: never let it break the build)
+                cache = Path(cpp_extension._get_build_directory(f"zoneout_cpu_{tag}", verbose=False))
+                if not any(cache.glob("*.so")):
+                    print(f"zoneout: building the C++ kernels (first use only, ~1 min; cached in {cache})",
+                          file=sys.stderr, flush=True)
+            except Exception:  # noqa: BLE001
+                pass
             _state["module"] = cpp_extension.load(
                 name=f"zoneout_cpu_{tag}",
                 sources=[str(_SRC)],
