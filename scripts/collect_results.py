@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from zoneout import results  # noqa: E402
 from zoneout.results import write_results  # noqa: E402
 
 
@@ -28,6 +29,14 @@ def main(argv=None) -> int:
     p.add_argument("--tables", nargs="*", default=None, help="only these tables (default: every table found)")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
+    explicit = argv is not None and "--runs" in argv or "--runs" in sys.argv[1:]
+    roots = [Path(r) for r in args.runs]
+    missing = [str(r) for r in roots if not r.exists()]
+    if explicit and missing:   # a typo must not regenerate (and empty) the committed tables
+        p.error(f"--runs: no such folder: {', '.join(missing)}")
+    if not results.find_run_dirs([r for r in roots if r.exists()]):
+        p.error(f"no run folders with a metrics.json under {', '.join(args.runs)}; nothing regenerated "
+                f"(run `make reproduce-<table>` or `python -m zoneout.train ...` first)")
     readme = args.readme if args.readme and Path(args.readme).is_file() else None
     written = write_results(args.runs, out_dir=args.out, sweep_dir=args.sweeps, readme=readme,
                             plots=not args.no_plots, tables=args.tables)

@@ -330,3 +330,15 @@ def test_input_projection_equals_linear():
         _close([kernels.input_projection(x, w, b)], [torch.nn.functional.linear(x, w, b)], torch.float32)
     xd, wd = x.double(), w.double()  # not float32: exactly F.linear
     assert torch.equal(kernels.input_projection(xd, wd), torch.nn.functional.linear(xd, wd))
+
+
+def test_stale_torch_build_lock_is_cleared_under_our_os_lock(tmp_path):
+    """A build killed mid-compile leaves torch's ``lock`` file, on which every later process would wait
+    forever; holding zoneout's fcntl lock (freed when a process dies) proves nobody else is building."""
+    from zoneout.kernels import _build
+    cache = tmp_path / "zoneout_cpu_x"
+    cache.mkdir()
+    (cache / "lock").write_text("")
+    with _build._build_lock(cache):
+        assert not (cache / "lock").exists()
+    assert (cache / "zoneout.flock").exists()

@@ -768,3 +768,28 @@ def test_reference_sequence_gradcheck_with_masks(training):
         return out, hn, cn, cells
 
     assert torch.autograd.gradcheck(f, (x_proj, h0, c0, w_hh, b_hh))
+
+
+# ------------------------------------------------------------------ input checks and dtypes (drop-in behaviour)
+
+def test_wrong_feature_size_and_dtype_are_named_like_torch():
+    layer = ZoneoutLSTM(5, 8)
+    with pytest.raises(ValueError, match="input.size\\(-1\\) must be equal to input_size. Expected 5, got 6"):
+        layer(torch.randn(3, 2, 6))
+    with pytest.raises(TypeError, match="torch.float64 but the layer's parameters are torch.float32"):
+        layer(torch.randn(3, 2, 5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cls", [ZoneoutLSTM, ZoneoutGRU, ZoneoutRNN])
+def test_half_precision_runs_on_auto_backend(cls, dtype):
+    """The kernels take float32/float64; 'auto' runs other dtypes through the reference loop."""
+    torch.manual_seed(0)
+    layer = cls(5, 8, zoneout_h=0.1).to(dtype)
+    x = torch.randn(4, 3, 5, dtype=dtype)
+    out = layer(x)[0]
+    assert out.dtype == dtype and out.shape == (4, 3, 8) and torch.isfinite(out.float()).all()
+    ref = cls(5, 8, zoneout_h=0.1, backend="reference").to(dtype)
+    ref.load_state_dict(layer.state_dict())
+    layer.eval(), ref.eval()
+    assert torch.equal(layer(x)[0], ref(x)[0])

@@ -269,6 +269,9 @@ def _kernel_fn(kind: str, backend: str) -> Optional[Callable]:
     return fn
 
 
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
 def _kernels_attr(name: str, default: Callable) -> Callable:
     """``zoneout.kernels.<name>`` when the kernels import, else ``default``."""
     try:
@@ -506,6 +509,12 @@ class _ZoneoutRNNBase(nn.Module):
         is_lstm = self._kind == "lstm"
         if input.dim() not in (2, 3):
             raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        if input.size(-1) != self.input_size:
+            raise ValueError(f"{type(self).__name__}: input.size(-1) must be equal to input_size. "
+                             f"Expected {self.input_size}, got {input.size(-1)}")
+        if input.dtype != self.weight_ih_l0.dtype:
+            raise TypeError(f"{type(self).__name__}: input is {input.dtype} but the layer's parameters are "
+                            f"{self.weight_ih_l0.dtype}; convert one of them (input.to(...) or layer.to(...))")
         batched = input.dim() == 3
         if not batched:
             input = input.unsqueeze(1)
@@ -534,6 +543,12 @@ class _ZoneoutRNNBase(nn.Module):
             raise ValueError(f"expected {L * D} SequenceMasks (num_layers * num_directions), got {len(masks)}")
 
         fn = self._sequence_fn()
+        if fn is not _REFERENCE[self._kind] and input.dtype not in _KERNEL_DTYPES:
+            if self.backend == "fused":
+                raise TypeError(f"{type(self).__name__}(backend='fused') supports "
+                                f"{', '.join(map(str, _KERNEL_DTYPES))}, not {input.dtype}; use backend='auto' "
+                                f"or 'reference'")
+            fn = _REFERENCE[self._kind]   # auto: half precision runs the reference loop
         project = F.linear if fn is _REFERENCE[self._kind] else _kernels_attr("input_projection", F.linear)
         layer_input = input
         h_n, c_n, cells_top = [], [], None

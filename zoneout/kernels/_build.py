@@ -10,6 +10,7 @@ Environment: ``ZONEOUT_NO_EXT=1`` skips the build entirely (pure-PyTorch path, n
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -39,6 +40,30 @@ def _cpu_flags() -> list:
     return flags
 
 
+@contextlib.contextmanager
+def _build_lock(cache: Path):
+    """Serialise zoneout builds with an OS lock (``fcntl``), which dies with its process, and clear torch's own
+    ``lock`` file when we hold ours: torch's file baton is left behind by a build that was killed (Ctrl-C,
+    timeout, preemption) and would make every later process wait on it forever."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "zoneout.flock", "a+") as fh:
+        try:
+            import fcntl
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except (ImportError, OSError):  # no fcntl (Windows) or an unlockable file system: torch's baton alone
+            yield
+            return
+        stale = cache / "lock"
+        if stale.exists():
+            print(f"zoneout: removing a stale build lock left by an interrupted build ({stale})",
+                  file=sys.stderr, flush=True)
+            stale.unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def load(verbose: bool = False):
     """Return the compiled extension module, building it on first call; None when unavailable."""
     if _state["tried"]:
@@ -57,19 +82,17 @@ def load(verbose: bool = False):
         try:
             from torch.utils import cpp_extension
 
-            try:  # tell the user why the first call waits (a private helper: never let it break the build)
-                cache = Path(cpp_extension._get_build_directory(f"zoneout_cpu_{tag}", verbose=False))
-                if not any(cache.glob("*.so")):
-                    print(f"zoneout: building the C++ kernels (first use only, ~1 min; cached in {cache})",
-                          file=sys.stderr, flush=True)
-            except Exception:  # noqa: BLE001
-                pass
-            _state["module"] = cpp_extension.load(
-                name=f"zoneout_cpu_{tag}",
-                sources=[str(_SRC)],
-                extra_cflags=flags,
-                verbose=verbose,
-            )
+            cache = Path(cpp_extension._get_build_directory(f"zoneout_cpu_{tag}", verbose=False))
+            if not any(cache.glob("*.so")):  # tell the user why the first call waits
+                print(f"zoneout: building the C++ kernels (first use only, ~1 min; cached in {cache})",
+                      file=sys.stderr, flush=True)
+            with _build_lock(cache):
+                _state["module"] = cpp_extension.load(
+                    name=f"zoneout_cpu_{tag}",
+                    sources=[str(_SRC)],
+                    extra_cflags=flags,
+                    verbose=verbose,
+                )
         except Exception as exc:  # compiler/ninja missing, build error, unwritable cache
             _state["error"] = f"{type(exc).__name__}: {exc}"
             warnings.warn(
