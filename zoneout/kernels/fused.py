@@ -572,23 +572,8 @@ def rnn_recurrence(
 # ------------------------------------------------------------------------------------------------
 # the layers' sequence signature (zoneout.rnn picks ``lstm_sequence`` up when present)
 # ------------------------------------------------------------------------------------------------
-def _split_keep(keeps, T: int, B: int, H: int, like: Tensor):
-    """Keep masks as the layer passes them (tensor or float) -> (training, [(mask or None, rate)]).
-
-    Same rule as ``zoneout.rnn._split_keep``: any tensor -> training with 0/1 masks (a constant 0 ->
-    no mask, any other constant -> a broadcast mask, which is exact); all floats -> eval rates.
-    """
-    if any(isinstance(k, Tensor) for k in keeps):
-        out = []
-        for k in keeps:
-            if isinstance(k, Tensor):
-                out.append((k, 0.0))
-            elif k == 0.0:
-                out.append((None, 0.0))
-            else:
-                out.append((like.new_full((1, 1, 1), float(k)).expand(T, B, H), 0.0))
-        return True, out
-    return False, [(None, float(k)) for k in keeps]
+from ..rnn import _split_keep  # noqa: E402 - one rule for tensor/float keep masks (no import cycle: rnn
+                                 # reaches the kernels only at call time)
 
 
 def lstm_sequence(x_proj: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
