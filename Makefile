@@ -16,7 +16,10 @@ MIRROR_ARG = $(if $(MIRROR),--mirror $(MIRROR),)
 help: ## list the targets (hardware and time each assumes are stated per target)
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-install: .make/installed ## install the package and test tools (CPU torch 2.13.0 only if no torch is present)
+install: ## install the package and test tools (CPU torch 2.13.0 only if no torch is present)
+	@$(PYTHON) -c "import sys, os; sys.path = [p for p in sys.path if p not in ('', os.getcwd())]; import zoneout; sys.exit(os.path.dirname(os.path.realpath(zoneout.__file__)) != os.path.realpath('zoneout'))" 2>/dev/null \
+		|| rm -f .make/installed  # installed for another checkout (or not at all): install this one
+	@$(MAKE) --no-print-directory .make/installed
 
 .make/installed: pyproject.toml
 	@mkdir -p .make

@@ -60,38 +60,11 @@ class LM(nn.Module):
         return self.dec(out)
 
 
-class _ProjectedF:
-    """``torch.nn.functional`` with ``linear`` replaced by ``zoneout.kernels.input_projection``."""
-
-    def __getattr__(self, name):
-        return kernels.input_projection if name == "linear" else getattr(F, name)
-
-
-class ProjectedInput(nn.Module):
-    """The wrapped zoneout layer with its input projection (``F.linear`` in ``zoneout/rnn.py``)
-    computed by ``zoneout.kernels.input_projection`` (oneDNN): what the layer costs once rnn.py calls
-    that helper on the fused path (proposed; bench-only until then). Swaps ``zoneout.rnn.F`` for the
-    duration of the call, so only the layer's own projection is affected."""
-
-    def __init__(self, rnn: nn.Module):
-        super().__init__()
-        self.inner = rnn
-
-    def forward(self, x, hx=None):
-        saved, zrnn.F = zrnn.F, _ProjectedF()
-        try:
-            return self.inner(x, hx)
-        finally:
-            zrnn.F = saved
-
-
 def build(variant: str, s: dict) -> nn.Module:
     E, H, L = s["E"], s["H"], s["L"]
     rnn = {
         "torch_lstm": lambda: nn.LSTM(E, H, L),
         "zoneout_lstm_fused": lambda: ZoneoutLSTM(E, H, L, zoneout_c=Z_C, zoneout_h=Z_H, backend="fused"),
-        "zoneout_lstm_fused_proj": lambda: ProjectedInput(ZoneoutLSTM(E, H, L, zoneout_c=Z_C, zoneout_h=Z_H,
-                                                                      backend="fused")),
         "zoneout_lstm_reference": lambda: ZoneoutLSTM(E, H, L, zoneout_c=Z_C, zoneout_h=Z_H, backend="reference"),
         "torch_gru": lambda: nn.GRU(E, H, L),
         "zoneout_gru_fused": lambda: ZoneoutGRU(E, H, L, zoneout_h=Z_H_GRU, backend="fused"),
@@ -245,12 +218,12 @@ def main(argv=None):
     for name in shapes:
         s = SHAPES[name]
         print(f"shape {name}: {s}", flush=True)
-        res = compare(s, "torch_lstm", ["zoneout_lstm_fused", "zoneout_lstm_fused_proj", "zoneout_lstm_reference"],
+        res = compare(s, "torch_lstm", ["zoneout_lstm_fused", "zoneout_lstm_reference"],
                       "train", args.reps,
                       {"zoneout_lstm_reference": args.reference_reps})
         rows.append({"shape": name, "what": "LSTM train step", "res": res})
         print(" ", name, "LSTM train", fmt_ratio(res["zoneout_lstm_fused"]["ratio"]), flush=True)
-        res = compare(s, "torch_lstm", ["zoneout_lstm_fused", "zoneout_lstm_fused_proj"], "eval", args.reps, {})
+        res = compare(s, "torch_lstm", ["zoneout_lstm_fused"], "eval", args.reps, {})
         rows.append({"shape": name, "what": "LSTM eval forward", "res": res})
         print(" ", name, "LSTM eval", fmt_ratio(res["zoneout_lstm_fused"]["ratio"]), flush=True)
         if name == "A":
@@ -274,6 +247,7 @@ def main(argv=None):
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "cpp_extension": ext,
+        "gemm_tile": kernels._build.gemm_tile() if ext else "none (no C++ extension)",
         "loadavg_before": load0,
         "loadavg_after": os.getloadavg(),
         "seconds": round(time.time() - t_start, 1),
@@ -343,10 +317,9 @@ def to_markdown(rep: dict) -> str:
         "Ratio = time / torch time in the same repetition: median (IQR) over the repetitions.",
         "",
         "Variants: `torch_*` = `torch.nn.LSTM`/`GRU` (oneDNN RNN on CPU), no zoneout; `zoneout_*_fused` = "
-        "`zoneout.ZoneoutLSTM`/`GRU(backend=\"fused\")` as shipped (masks drawn with `zoneout.kernels.keep_mask`); "
-        "`zoneout_lstm_fused_proj` = the same layer with its input projection computed by "
-        "`zoneout.kernels.input_projection` (oneDNN) instead of `F.linear` (what the layer costs once `zoneout/rnn.py` "
-        "calls that helper on the fused path; a bench-only wrapper until then); "
+        "`zoneout.ZoneoutLSTM`/`GRU(backend=\"fused\")` as shipped (masks drawn with `zoneout.kernels.keep_mask`, "
+        "input projection through `zoneout.kernels.input_projection`, per-step products in `small_gemm.h`'s "
+        f"{m.get('gemm_tile', 'register')} tile); "
         "`zoneout_*_reference` = the same layer with `backend=\"reference\"` (Python loop over the cell), fewer reps.",
         "",
         "| shape | B×T, E→H, layers, vocab | measurement | variant | ms/step median (IQR) | tokens/s | ratio to torch | reps |",

@@ -342,3 +342,33 @@ def test_stale_torch_build_lock_is_cleared_under_our_os_lock(tmp_path):
     with _build._build_lock(cache):
         assert not (cache / "lock").exists()
     assert (cache / "zoneout.flock").exists()
+
+
+@pytest.mark.parametrize("batch,hidden", [(1, 40), (7, 37), (13, 40), (29, 37), (32, 64)])
+def test_lstm_float32_gemm_tile_edges(ext_available, batch, hidden):
+    """The compiled per-step products (small_gemm.h: AVX2 6x16 or AVX-512 12x32 register tiles) at batch sizes
+    that give full, partial and single-row blocks and hidden sizes that leave a partial column panel, forward
+    (4H columns) and backward (H columns): float32 results equal the float64 reference."""
+    if not ext_available:
+        pytest.skip(f"C++ extension unavailable: {_build.error()}")
+    g = torch.Generator().manual_seed(batch * 100 + hidden)
+    steps = 4
+    xw = torch.randn(steps, batch, 4 * hidden, generator=g)
+    h0, c0 = torch.randn(2, batch, hidden, generator=g).unbind(0)
+    w = torch.randn(4 * hidden, hidden, generator=g) / hidden ** 0.5
+    b = torch.randn(4 * hidden, generator=g)
+    kc = torch.rand(steps, batch, hidden, generator=g).lt(0.5).float()
+    kh = torch.rand(steps, batch, hidden, generator=g).lt(0.3).float()
+    params = [t.clone().requires_grad_() for t in (xw, h0, c0, w, b)]
+    kernels.use_extension(True)
+    try:
+        out = kernels.lstm_recurrence(*params[:4], keep_c=kc, keep_h=kh, b_hh=params[4])
+    finally:
+        kernels.use_extension(None)
+    weights = [torch.randn(o.shape, generator=g, dtype=F64) for o in out]   # same loss weights for both
+    grads = torch.autograd.grad(sum((o * wt.float()).sum() for o, wt in zip(out, weights)), params)
+    ref_params = [p.detach().double().requires_grad_() for p in params]
+    ref = lstm_sequence_reference(*ref_params[:4], ref_params[4], kc.double(), kh.double())[:3]
+    ref_grads = torch.autograd.grad(sum((o * wt).sum() for o, wt in zip(ref, weights)), ref_params)
+    for a, r in zip([*out, *grads], [*ref, *ref_grads]):
+        torch.testing.assert_close(a, r.float(), rtol=1e-4, atol=5e-5)

@@ -325,6 +325,9 @@ def test_other_constructor_errors():
         ZoneoutRNN(I, H, nonlinearity="sigmoid")
     with pytest.raises(ValueError, match="zoneout_shared_mask"):
         ZoneoutLSTM(I, H, zoneout_c=0.5, zoneout_h=0.05, zoneout_shared_mask=True)
+    for cls in (ZoneoutGRU, ZoneoutRNN):  # no cell state to share a mask with: refused, not ignored
+        with pytest.raises(ValueError, match=f"zoneout_shared_mask=True .*{cls.__name__} has only h"):
+            cls(I, H, zoneout_h=0.1, zoneout_shared_mask=True)
     with pytest.raises(TypeError, match="PackedSequence"):
         packed = nn.utils.rnn.pack_padded_sequence(torch.randn(T, B, I), [T] * B)
         ZoneoutLSTM(I, H)(packed)

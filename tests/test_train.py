@@ -348,6 +348,43 @@ def test_cli_rejects_bad_config_before_work(tmp_path):
     assert not (tmp_path / "run" / "train.log").exists()
 
 
+@reliability(failure='Ctrl-C during a command-line run',
+             provoked='`python -m zoneout.train ...` sent SIGINT after step 3',
+             expected='exit code 130, the step finished and last.pt written (resumable), a one-line message, '
+                      'no traceback')
+def test_cli_ctrl_c_checkpoints_then_stops(tmp_path, stdlib_dir):
+    run = tmp_path / "run"
+    args = ["data=stdlib", f"data.data_dir={stdlib_dir}", "data.train_tokens=6000", "data.seq_len=20",
+            "data.batch_size=4", "model.hidden_size=16", "trainer.max_epochs=1", "trainer.log_every_steps=1",
+            "trainer.progress=false", "trainer.checkpoint_every_steps=0", "model.backend=reference", f"run_dir={run}"]
+    p = _cli(args)
+    for line in p.stderr:
+        if "step 3:" in line:
+            p.send_signal(signal.SIGINT)
+            break
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == zt.INTERRUPTED_EXIT_CODE == 130, err
+    assert "Traceback" not in err and "interrupted: received SIGINT" in err and f"trainer.resume={run}" in err
+    assert load_checkpoint(run / "last.pt")["loop"]["position"] >= 3 and not (run / "metrics.json").exists()
+    assert not (run / ".lock").exists()
+
+
+@reliability(failure='run_dir names an existing file; data not prepared',
+             provoked='`python -m zoneout.train run_dir=<a file>`; `data=ptb_char data.data_dir=<empty>`',
+             expected="exit code 2 and one clear message each ('is an existing file, not a folder'; the missing "
+                      "file and `make data-ptb`), no traceback")
+def test_cli_bad_run_dir_and_missing_data_give_one_clear_message(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    for args, says in ((["data=stdlib", f"run_dir={tmp_path / 'afile'}"], "is an existing file, not a folder"),
+                       (["data=ptb_char", f"data.data_dir={tmp_path / 'empty'}", f"run_dir={tmp_path / 'r'}"],
+                        "make data-ptb")):
+        p = _cli(args)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == zt.CONFIG_ERROR_EXIT_CODE, err
+        assert says in err and "Traceback" not in err, err
+    assert (tmp_path / "afile").read_text() == "not a folder"
+
+
 def test_demo_trains_both_models_and_prints_side_by_side(tmp_path, stdlib_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "scripts/demo.py", "--data-dir", str(stdlib_dir), "--out", str(tmp_path),

@@ -262,6 +262,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _positive("model.weight_noise_std", m.weight_noise_std, allow_zero=True)
     _positive("model.norm_stabilizer_beta", m.norm_stabilizer_beta, allow_zero=True)
     _positive("model.init_range", m.init_range, allow_none=True)
+    if m.cell in ("gru", "rnn") and m.zoneout_shared_mask:
+        raise ConfigError(f"model.zoneout_shared_mask=true shares one mask between c and h; model.cell={m.cell!r} "
+                          "has no cell state (set it to false and use model.zoneout_h)")
     if m.cell in ("gru", "rnn") and m.zoneout_c > 0:
         raise ConfigError(f"model.zoneout_c={m.zoneout_c} needs a cell state: it applies to cell=lstm|bnlstm, "
                           f"not model.cell={m.cell!r} (use model.zoneout_h)")

@@ -132,6 +132,25 @@ def _skip_or_raise(error: DivergenceError, optimizer, state: LoopState, max_skip
         on_skip(state, str(error))
 
 
+def _train_step(model: nn.Module, optimizer, forward: Callable[[], Tuple[Tensor, Any]], state: LoopState,
+                clip_grad_norm: Optional[float], max_skipped_batches: int,
+                on_skip: Optional[Callable[[LoopState, str], None]], bar) -> Optional[Tuple[Tensor, Any]]:
+    """One optimizer step shared by every loop: ``forward()`` (inside weight noise) gives ``(loss, extra)``;
+    then regularizer, finite checks, backward, clip, step. Returns ``(loss, extra)``, or None when the batch
+    was skipped for a non-finite loss/gradient (counted, progress bar advanced; raises past the limit)."""
+    try:
+        with model.weight_noise():
+            loss, extra = forward()
+            _backward(model, optimizer, loss, state)
+        _clip_and_step(model, optimizer, clip_grad_norm, state)
+    except DivergenceError as e:
+        _skip_or_raise(e, optimizer, state, max_skipped_batches, on_skip)
+        if bar is not None:
+            bar.update(1)
+        return None
+    return loss, extra
+
+
 def _progress(total: Optional[int], initial: int, enabled: bool, desc: str):
     if not enabled:
         return None
@@ -161,17 +180,15 @@ def train_lm_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batched: 
         for x, y in itertools.islice(bptt_windows(batched, seq_len, start=state.position * seq_len),
                                       total - state.position):
             x, y = x.to(device), y.to(device)
-            try:
-                with model.weight_noise():
-                    logits, new_hidden = model(x, hidden)
-                    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-                    _backward(model, optimizer, loss, state)
-                _clip_and_step(model, optimizer, clip_grad_norm, state)
-            except DivergenceError as e:
-                _skip_or_raise(e, optimizer, state, max_skipped_batches, on_skip)
-                if bar is not None:
-                    bar.update(1)
+
+            def forward(x=x, y=y):
+                logits, new_hidden = model(x, hidden)
+                return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)), new_hidden
+
+            done = _train_step(model, optimizer, forward, state, clip_grad_norm, max_skipped_batches, on_skip, bar)
+            if done is None:
                 continue
+            loss, new_hidden = done
             hidden = detach_hidden(new_hidden)
             n = y.numel()
             state.hidden, state.position, state.step = hidden, state.position + 1, state.step + 1
@@ -230,17 +247,15 @@ def train_classifier_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x
         for b in range(state.position, total):
             idx = order[b * batch_size:(b + 1) * batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
-            try:
-                with model.weight_noise():
-                    logits = model(xb)
-                    loss = F.cross_entropy(logits, yb)
-                    _backward(model, optimizer, loss, state)
-                _clip_and_step(model, optimizer, clip_grad_norm, state)
-            except DivergenceError as e:
-                _skip_or_raise(e, optimizer, state, max_skipped_batches, on_skip)
-                if bar is not None:
-                    bar.update(1)
+
+            def forward(xb=xb, yb=yb):
+                logits = model(xb)
+                return F.cross_entropy(logits, yb), logits
+
+            done = _train_step(model, optimizer, forward, state, clip_grad_norm, max_skipped_batches, on_skip, bar)
+            if done is None:
                 continue
+            loss, logits = done
             state.position, state.step = state.position + 1, state.step + 1
             state.loss_sum += loss.item() * yb.numel()
             state.count += yb.numel()

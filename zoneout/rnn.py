@@ -392,6 +392,11 @@ class _ZoneoutRNNBase(nn.Module):
         self.recurrent_dropout = check_rate("recurrent_dropout", recurrent_dropout, allow_one=False)
         self.stochastic_depth = check_rate("stochastic_depth", stochastic_depth)
         self.zoneout_shared_mask = bool(zoneout_shared_mask)
+        if self._kind != "lstm" and self.zoneout_shared_mask:
+            raise ValueError(
+                f"zoneout_shared_mask=True shares one mask between an LSTM's c and h; {type(self).__name__} has "
+                "only h, so it would do nothing. Drop it (zoneout_h alone sets the rate)."
+            )
         if self._kind == "lstm" and self.zoneout_shared_mask and self.zoneout_h not in (0.0, self.zoneout_c):
             raise ValueError(
                 f"zoneout_shared_mask=True draws one mask at rate zoneout_c={self.zoneout_c} for c and h; "

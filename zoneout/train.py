@@ -77,6 +77,7 @@ import torch
 from zoneout.checkpoint import (atomic_write_text, capture_rng_state, load_checkpoint, restore_rng_state,
                                 save_checkpoint)
 from zoneout.data.batching import batchify
+from zoneout.data.download import DataError
 from zoneout.config import (SEQUENCE_CLASSIFICATION, ConfigError, TrainConfig, flatten, from_dict, validate,
                             validate_data_fit)
 from zoneout.engine import (DivergenceError, LoopState, build_optimizer, evaluate_classifier, evaluate_lm,
@@ -88,6 +89,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 REQUEUE_EXIT_CODE = 75       # EX_TEMPFAIL: preempted, checkpoint written, run the same command again
 CONFIG_ERROR_EXIT_CODE = 2
 DIVERGED_EXIT_CODE = 3
+INTERRUPTED_EXIT_CODE = 130   # Ctrl-C (SIGINT) after last.pt was written, as a shell reports 128 + SIGINT
 PREEMPT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")   # SLURM: TERM (preemption/limit), --signal=USR1|USR2@s
 # Keys a run may change on resume without changing what is computed.
 _RESUMABLE_PREFIXES = ("trainer.", "logger.", "device", "run_dir", "data.data_dir", "data.mirror", "meta",
@@ -124,6 +126,8 @@ def exit_after_preemption(e: Preempted) -> None:
     """Leave the process once ``last.pt`` is written: first hand the signal to the handler that was there before
     the run (submitit's ``checkpoint_and_try_requeue`` pickles the launcher call with its same arguments, runs
     ``scontrol requeue`` and exits; its SIGTERM handler only logs and returns), then exit with 75."""
+    if e.signum == signal.SIGINT:   # Ctrl-C: the user stopped it; nobody requeues
+        sys.exit(INTERRUPTED_EXIT_CODE)
     prev = e.previous_handler
     if callable(prev) and prev is not signal.default_int_handler:
         prev(e.signum, None)
@@ -322,7 +326,14 @@ def claim_run_dir(cfg: TrainConfig, explicit: bool) -> Path:
             run_dir = _requeued_run_dir(run_dir) or run_dir
     base = run_dir
     for i in range(1, 1000):
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise ConfigError(f"run_dir={str(run_dir)!r} (or a folder above it) is an existing file, not a folder; "
+                              "choose another run_dir") from None
+        except OSError as e:
+            raise ConfigError(f"cannot create run_dir={str(run_dir)!r}: {e.strerror or e}; "
+                              "choose a writable run_dir") from None
         problem = None
         if not _try_lock(run_dir):
             problem = f"run_dir {run_dir} is in use by a running process (see {run_dir / '.lock'})"
@@ -360,7 +371,9 @@ def _setup_logging(run_dir: Path) -> List[logging.Handler]:
 
 
 class _PreemptionSignals:
-    """Turns SIGTERM / SIGUSR1 into a flag the loop checks after each optimizer step."""
+    """Turns SIGTERM / SIGUSR1 / SIGUSR2, and a first Ctrl-C (SIGINT), into a flag the loop checks after each
+    optimizer step: the step finishes, last.pt is written, then the run stops. A second Ctrl-C aborts at once
+    (KeyboardInterrupt; last.pt is then the latest periodic/epoch-end checkpoint)."""
 
     def __init__(self):
         self.received: Optional[int] = None
@@ -372,6 +385,7 @@ class _PreemptionSignals:
                 sig = getattr(signal, name, None)
                 if sig is not None:
                     self._previous[sig] = signal.signal(sig, self._handle)
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle_interrupt)
         return self
 
     def previous(self, signum: int) -> Any:
@@ -380,6 +394,14 @@ class _PreemptionSignals:
     def _handle(self, signum, frame):
         self.received = signum
         log.warning("received %s: finishing the current step, then checkpointing", signal.Signals(signum).name)
+
+    def _handle_interrupt(self, signum, frame):
+        if self.received is not None:   # second Ctrl-C: stop now
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning("Ctrl-C: finishing the current step, writing last.pt, then stopping "
+                    "(press Ctrl-C again to stop at once without it)")
 
     def __exit__(self, *exc):
         for sig, prev in self._previous.items():
@@ -543,8 +565,12 @@ def run(cfg: TrainConfig, *, command: Optional[str] = None, overrides: Sequence[
         log.error("diverged: %s", e)
         status, results = "diverged", {"error": str(e)}
     except Preempted as e:
-        log.warning("%s (exit code %d)", e, REQUEUE_EXIT_CODE)
-        status = "preempted"
+        interrupted = e.signum == signal.SIGINT
+        log.warning("%s (exit code %d)", e, INTERRUPTED_EXIT_CODE if interrupted else REQUEUE_EXIT_CODE)
+        status = "interrupted" if interrupted else "preempted"
+        raise
+    except (ConfigError, DataError) as e:   # bad input: the message says what to do; no traceback
+        log.error("%s", e)
         raise
     except BaseException as e:
         log.exception("run failed: %s", e)
@@ -652,10 +678,10 @@ def _hydra_main(cfg) -> Optional[float]:
     except ConfigError as e:
         _fail(f"config error: {e}", CONFIG_ERROR_EXIT_CODE)
     except Preempted as e:
-        print(f"preempted: {e}", file=sys.stderr)
+        print(f"{'interrupted' if e.signum == signal.SIGINT else 'preempted'}: {e}", file=sys.stderr)
         exit_after_preemption(e)
     except Exception as e:
-        if type(e).__name__ == "DataError":
+        if isinstance(e, DataError):
             _fail(f"data error: {e}", CONFIG_ERROR_EXIT_CODE)
         raise
     metric = result["metric"]
@@ -667,9 +693,25 @@ def _hydra_main(cfg) -> Optional[float]:
     return float(value) if value is not None else math.inf
 
 
+def _check_output_dirs(argv: Sequence[str]) -> None:
+    """Hydra creates the run folder before the task runs, so a run_dir naming a file would end in a traceback
+    from inside Hydra: refuse it here with the usual config error."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") in ("run_dir", "trainer.resume", "hydra.run.dir", "hydra.sweep.dir") and value:
+            path = Path(value)
+            for p in (path, *path.parents):
+                if p.exists():
+                    if not p.is_dir():
+                        _fail(f"config error: {key.lstrip('+')}={value!r}: {p} is an existing file, not a folder; "
+                              "choose another run_dir", CONFIG_ERROR_EXIT_CODE)
+                    break
+
+
 def main() -> None:
     import hydra
     _register_resolvers()
+    _check_output_dirs(sys.argv[1:])
     # Hand Hydra the function of the importable module, not of ``__main__``: launchers that pickle the task
     # (submitit) can then import it by name in the worker instead of failing to copy ``__main__`` by value.
     task = importlib.import_module("zoneout.train")._hydra_main

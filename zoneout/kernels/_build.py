@@ -25,7 +25,8 @@ _state = {"tried": False, "module": None, "error": None}
 
 
 def _cpu_flags() -> list:
-    """-O3 without trapping math (lets GCC vectorise the activations), AVX2/FMA when this CPU has them.
+    """-O3 without trapping math (lets GCC vectorise the activations), AVX2/FMA (and AVX-512 F/DQ/BW/VL)
+    when this CPU has them.
 
     The build directory name hashes the sources and these flags, so a changed CPU or source rebuilds.
     """
@@ -35,9 +36,19 @@ def _cpu_flags() -> list:
         words = set(next((line for line in text.splitlines() if line.startswith("flags")), "").split())
         if {"avx2", "fma"} <= words:
             flags += ["-mavx2", "-mfma"]
+            if {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= words:   # small_gemm.h's 12x32 tile
+                flags += ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl"]
     except OSError:
         pass
     return flags
+
+
+def gemm_tile() -> str:
+    """Which register tile small_gemm.h is built with for this CPU (for reports)."""
+    flags = _cpu_flags()
+    if "-mavx512f" in flags:
+        return "AVX-512 12x32"
+    return "AVX2 6x16" if "-mavx2" in flags else "none (at::mm / oneDNN per step)"
 
 
 @contextlib.contextmanager
