@@ -37,6 +37,11 @@ def main(argv=None) -> int:
     if not results.find_run_dirs([r for r in roots if r.exists()]):
         p.error(f"no run folders with a metrics.json under {', '.join(args.runs)}; nothing regenerated "
                 f"(run `make reproduce-<table>` or `python -m zoneout.train ...` first)")
+    if args.tables is not None:
+        known = sorted({f.stem for f in Path(args.sweeps).glob("*.yaml")} | set(results.TABLE_ORDER))
+        unknown = [t for t in args.tables if t not in known]
+        if unknown:
+            p.error(f"--tables: unknown table(s) {', '.join(unknown)}; known: {', '.join(known)}")
     readme = args.readme if args.readme and Path(args.readme).is_file() else None
     written = write_results(args.runs, out_dir=args.out, sweep_dir=args.sweeps, readme=readme,
                             plots=not args.no_plots, tables=args.tables)

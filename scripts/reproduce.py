@@ -190,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     raw = load_sweep_file(args.table, Path(args.sweep_dir))
     info = raw.get("sweep") or {}
     spec = scale_spec(raw, args.scale)
+    if args.seeds is not None:
+        seeds = [x.strip() for x in args.seeds.split(",")]
+        if not seeds or not all(x.isdigit() for x in seeds):
+            p.error(f"--seeds must be a comma list of non-negative integers (e.g. 1,2,3), got {args.seeds!r}")
     params = sweep_params(raw, args.seeds, spec)
     pattern = info.get("run_name", DEFAULT_RUN_NAME)
     base = Path(args.runs_root) / args.scale

@@ -143,6 +143,7 @@ def test_unknown_choices_list_allowed_values(values, fragments):
 def test_inconsistent_combinations():
     _reject({"model": {"cell": "gru", "zoneout_c": 0.5}}, "model.zoneout_c", "model.cell='gru'")
     _reject({"model": {"cell": "rnn", "zoneout_shared_mask": True}}, "model.zoneout_shared_mask", "model.cell='rnn'")
+    _reject({"trainer": {"max_epochs": 0}}, "trainer.max_epochs=0 must be > 0")
     _reject({"model": {"tie_weights": True, "embedding_size": 10, "hidden_size": 20}}, "model.tie_weights")
     _reject({"data": {"name": "ptb_char", "permute": True}}, "data.permute")
     _reject({"optim": {"lr_decay": 1.5}}, "optim.lr_decay")

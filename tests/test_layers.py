@@ -325,6 +325,8 @@ def test_other_constructor_errors():
         ZoneoutRNN(I, H, nonlinearity="sigmoid")
     with pytest.raises(ValueError, match="zoneout_shared_mask"):
         ZoneoutLSTM(I, H, zoneout_c=0.5, zoneout_h=0.05, zoneout_shared_mask=True)
+    with pytest.raises(TypeError, match=r"hx must be a tuple \(h_0, c_0\) of two tensors, got tuple of length 3"):
+        ZoneoutLSTM(I, H)(torch.randn(T, B, I), (torch.zeros(1, B, H),) * 3)
     for cls in (ZoneoutGRU, ZoneoutRNN):  # no cell state to share a mask with: refused, not ignored
         with pytest.raises(ValueError, match=f"zoneout_shared_mask=True .*{cls.__name__} has only h"):
             cls(I, H, zoneout_h=0.1, zoneout_shared_mask=True)
@@ -796,3 +798,16 @@ def test_half_precision_runs_on_auto_backend(cls, dtype):
     ref.load_state_dict(layer.state_dict())
     layer.eval(), ref.eval()
     assert torch.equal(layer(x)[0], ref(x)[0])
+
+
+def test_torch_compile_runs_the_reference_loop_and_matches_eager():
+    """torch.compile cannot see into the C++ kernels; under compile the layer runs the reference loop (same
+    values), so compiling a default layer works in eval and train."""
+    layer = ZoneoutLSTM(I, H, zoneout_c=0.5, zoneout_h=0.05).eval()
+    x = torch.randn(T, B, I)
+    compiled = torch.compile(layer)
+    torch.testing.assert_close(compiled(x)[0], layer(x)[0], rtol=1e-5, atol=1e-6)
+    layer.train()
+    out = compiled(x)[0]
+    out.sum().backward()
+    assert layer.weight_hh_l0.grad is not None and torch.isfinite(layer.weight_hh_l0.grad).all()

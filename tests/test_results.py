@@ -192,6 +192,28 @@ def test_reproduce_skips_finished_jobs(tmp_path, capsys):
     assert "experiment=char_ptb/lstm_weight_noise " in calls[0] and "experiment=char_ptb/lstm_zoneout " in calls[-1]
 
 
+@pytest.mark.parametrize("argv,says", [
+    (["char_ptb", "--seeds", "a,b"], "--seeds must be a comma list of non-negative integers"),
+    (["char_ptb", "--seeds", ""], "--seeds must be a comma list of non-negative integers"),
+])
+def test_reproduce_rejects_bad_seeds_before_planning(argv, says, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        reproduce.main([*argv, "--dry-run", "--runs-root", str(tmp_path)])
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_collect_rejects_unknown_table_names(tmp_path, capsys):
+    import collect_results
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text('{"status": "completed"}')
+    with pytest.raises(SystemExit) as e:
+        collect_results.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--readme", "",
+                              "--tables", "char_ptb", "bogus_table"])
+    assert e.value.code == 2 and "unknown table(s) bogus_table; known: char_ptb" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_plan_calls_cover_exactly_the_pending_jobs():
     params = {"experiment": ["a", "b"], "model.zoneout_c": ["0.0", "0.5"], "seed": ["1", "2"]}
     jobs = reproduce.jobs_of(params)

@@ -369,20 +369,86 @@ def test_cli_ctrl_c_checkpoints_then_stops(tmp_path, stdlib_dir):
     assert not (run / ".lock").exists()
 
 
-@reliability(failure='run_dir names an existing file; data not prepared',
-             provoked='`python -m zoneout.train run_dir=<a file>`; `data=ptb_char data.data_dir=<empty>`',
-             expected="exit code 2 and one clear message each ('is an existing file, not a folder'; the missing "
-                      "file and `make data-ptb`), no traceback")
-def test_cli_bad_run_dir_and_missing_data_give_one_clear_message(tmp_path):
+@reliability(failure='run_dir or data.data_dir names an existing file; data not prepared; a misspelled key; '
+                     'trainer.resume names a folder without last.pt',
+             provoked='`python -m zoneout.train run_dir=<a file>`; `data.data_dir=<a file>`; `data=ptb_char '
+                      'data.data_dir=<empty>`; `model.hiden_size=8`; `trainer.resume=<missing folder>`',
+             expected="exit code 2 and one clear message each ('is an existing file, not a folder'; 'Not a directory'; "
+                      "the missing file and `make data-ptb`; did you mean 'model.hidden_size'; no last.pt), no "
+                      "traceback, no run folder created for the rejected commands")
+def test_cli_bad_paths_and_keys_give_one_clear_message(tmp_path):
     (tmp_path / "afile").write_text("not a folder")
-    for args, says in ((["data=stdlib", f"run_dir={tmp_path / 'afile'}"], "is an existing file, not a folder"),
-                       (["data=ptb_char", f"data.data_dir={tmp_path / 'empty'}", f"run_dir={tmp_path / 'r'}"],
-                        "make data-ptb")):
+    cases = [
+        (["data=stdlib", f"run_dir={tmp_path / 'afile'}"], "is an existing file, not a folder", None),
+        (["data=stdlib", f"data.data_dir={tmp_path / 'afile'}", f"run_dir={tmp_path / 'r1'}"],
+         "data.data_dir=", None),
+        (["data=ptb_char", f"data.data_dir={tmp_path / 'empty'}", f"run_dir={tmp_path / 'r2'}"], "make data-ptb", None),
+        (["model.hiden_size=8", f"run_dir={tmp_path / 'r3'}"], "did you mean 'model.hidden_size'", tmp_path / "r3"),
+        ([f"trainer.resume={tmp_path / 'r4'}"], "no last.pt in that folder", tmp_path / "r4"),
+    ]
+    for args, says, not_created in cases:
         p = _cli(args)
         _, err = p.communicate(timeout=120)
         assert p.returncode == zt.CONFIG_ERROR_EXIT_CODE, err
         assert says in err and "Traceback" not in err, err
+        assert not_created is None or not not_created.exists()
     assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+@reliability(failure='Ctrl-C during per-epoch validation, during the final evaluation, or twice',
+             provoked='SIGINT sent from inside evaluate_lm at its first call (epoch 1 validation) / at the final '
+                      'valid evaluation; a second SIGINT right after a first one during training',
+             expected='validation: the epoch ends, last.pt is written, then Preempted(SIGINT) (exit 130 from the CLI); '
+                      'final evaluation and second Ctrl-C: KeyboardInterrupt at once with last.pt intact, no '
+                      'metrics.json, run folder released')
+def test_ctrl_c_outside_the_training_step(tmp_path, stdlib_dir, monkeypatch):
+    real = zt.evaluate_lm
+    base = ["data=stdlib", f"data.data_dir={stdlib_dir}", "data.train_tokens=6000", "data.seq_len=20",
+            "data.batch_size=4", "model.hidden_size=16", "trainer.max_epochs=2", "trainer.max_steps_per_epoch=4",
+            "trainer.max_eval_batches=2", "trainer.progress=false", "model.backend=reference"]
+    for name, interrupt_at_call in (("valid", 1), ("final", 3)):
+        calls = []
+
+        def evaluate(*args, **kw):
+            calls.append(1)
+            if len(calls) == interrupt_at_call:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real(*args, **kw)
+
+        monkeypatch.setattr(zt, "evaluate_lm", evaluate)
+        run = tmp_path / name
+        cfg = zt.config_from_container(zt.compose([*base, f"run_dir={run}"]))
+        if name == "valid":
+            with pytest.raises(zt.Preempted, match="SIGINT") as e:
+                zt.run(cfg)
+            assert load_checkpoint(run / "last.pt")["loop"]["epoch"] == 2      # epoch 1 finished and saved
+            with pytest.raises(SystemExit) as ex:
+                zt.exit_after_preemption(e.value)
+            assert ex.value.code == zt.INTERRUPTED_EXIT_CODE == 130
+        else:
+            with pytest.raises(KeyboardInterrupt):
+                zt.run(cfg)
+            assert load_checkpoint(run / "last.pt")["loop"]["epoch"] == 3      # both epochs saved
+        assert not (run / "metrics.json").exists() and not (run / ".lock").exists()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # pytest's handler is back
+    monkeypatch.setattr(zt, "evaluate_lm", real)
+    real_train = zt.train_lm_epoch
+
+    def twice(*args, on_step, **kw):
+        def hook(state):
+            if state.position == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)                       # the first one is handled (flag set) ...
+                os.kill(os.getpid(), signal.SIGINT)    # ... the second stops at once
+                time.sleep(0.05)
+            on_step(state)
+        return real_train(*args, on_step=hook, **kw)
+
+    monkeypatch.setattr(zt, "train_lm_epoch", twice)
+    run = tmp_path / "twice"
+    with pytest.raises(KeyboardInterrupt):
+        zt.run(zt.config_from_container(zt.compose([*base, f"run_dir={run}", "trainer.checkpoint_every_steps=1"])))
+    assert load_checkpoint(run / "last.pt")["loop"]["position"] == 1 and not (run / "metrics.json").exists()
 
 
 def test_demo_trains_both_models_and_prints_side_by_side(tmp_path, stdlib_dir):

@@ -176,9 +176,7 @@ def _build(cls: type, values: Dict[str, Any], prefix: str):
     kwargs = {}
     for key, value in values.items():
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}; allowed keys: {', '.join(names)}")
+            raise _unknown_key(key, names, prefix)
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, f"{prefix}{key}.")
@@ -189,6 +187,28 @@ def _build(cls: type, values: Dict[str, Any], prefix: str):
             raise ConfigError(f"config key '{prefix}{key}' must be {_type_name(tp)}, got {value!r} "
                               f"({type(value).__name__})") from None
     return cls(**kwargs)
+
+
+def _unknown_key(key: str, names, prefix: str) -> ConfigError:
+    close = difflib.get_close_matches(str(key), names, n=1)
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{prefix}{key}'{hint}; allowed keys: {', '.join(names)}")
+
+
+def check_key(dotted: str) -> None:
+    """Raise ConfigError (with a close match and the allowed keys) unless ``dotted`` (e.g. ``model.hidden_size``)
+    names a config key; anything below ``meta`` is allowed (free-form)."""
+    cls: Any = TrainConfig
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"config key '{'.'.join(parts[:i])}' has no sub-keys (got '{dotted}')")
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            raise _unknown_key(part, names, "".join(p + "." for p in parts[:i]))
+        if cls is TrainConfig and part == "meta":
+            return
+        cls = typing.get_type_hints(cls)[part]
 
 
 def from_dict(values: Dict[str, Any]) -> TrainConfig:
@@ -291,7 +311,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"optim.lr_decay={o.lr_decay} must be in (0, 1] (a factor per epoch; 1.0 = none)")
     _positive("optim.lr_decay_start_epoch", o.lr_decay_start_epoch, allow_zero=True)
 
-    _positive("trainer.max_epochs", t.max_epochs, allow_zero=True)
+    _positive("trainer.max_epochs", t.max_epochs)
     _positive("trainer.max_steps_per_epoch", t.max_steps_per_epoch, allow_none=True)
     _positive("trainer.max_eval_batches", t.max_eval_batches, allow_none=True)
     _positive("trainer.final_eval_batches", t.final_eval_batches, allow_none=True)

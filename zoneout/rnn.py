@@ -280,6 +280,11 @@ def _kernels_attr(name: str, default: Callable) -> Callable:
         return default
 
 
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
 def _mask_drawer(backend: str) -> Callable:
     """The mask generator matching ``backend``: the kernels' hashed-bits ``keep_mask`` (about 30x
     faster than ``bernoulli_`` on CPU, seeded from the torch RNG) when the fused path is in use,
@@ -486,7 +491,7 @@ class _ZoneoutRNNBase(nn.Module):
         index ``layer * num_directions + direction``, each in ORIGINAL time order (mask[t] is used
         at the step that reads input t, also for the reverse direction). Tests and kernels draw
         these, edit them and pass them to :meth:`_forward` as ``masks=``."""
-        draw = _mask_drawer(self.backend) if self.training else keep_mask
+        draw = _mask_drawer(self._backend_now()) if self.training else keep_mask
         return [
             sample_masks(
                 T, B, self.hidden_size, like, training=self.training,
@@ -499,8 +504,16 @@ class _ZoneoutRNNBase(nn.Module):
         ]
 
     # -- forward ----------------------------------------------------------------------------
+    def _backend_now(self) -> str:
+        """``self.backend``, except "reference" while ``torch.compile`` traces the layer: the C++ kernels are
+        opaque to Dynamo/Inductor, the reference loop compiles (and equals them under the same masks)."""
+        if self.backend != "reference" and _compiling():
+            return "reference"
+        return self.backend
+
     def _sequence_fn(self) -> Callable:
-        fn = _kernel_fn(self._kind, self.backend) if self.backend != "reference" else None
+        backend = self._backend_now()
+        fn = _kernel_fn(self._kind, backend) if backend != "reference" else None
         return fn if fn is not None else _REFERENCE[self._kind]
 
     def forward(self, input: Tensor, hx=None):
@@ -532,6 +545,9 @@ class _ZoneoutRNNBase(nn.Module):
             h0 = input.new_zeros(L * D, B, H)
             c0 = torch.zeros_like(h0) if is_lstm else None
         else:
+            if is_lstm and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise TypeError(f"{type(self).__name__}: hx must be a tuple (h_0, c_0) of two tensors, got "
+                                f"{type(hx).__name__}{f' of length {len(hx)}' if isinstance(hx, (tuple, list)) else ''}")
             h0, c0 = hx if is_lstm else (hx, None)
             if not batched:
                 if h0.dim() != 2 or (is_lstm and c0.dim() != 2):

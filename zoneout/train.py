@@ -78,8 +78,8 @@ from zoneout.checkpoint import (atomic_write_text, capture_rng_state, load_check
                                 save_checkpoint)
 from zoneout.data.batching import batchify
 from zoneout.data.download import DataError
-from zoneout.config import (SEQUENCE_CLASSIFICATION, ConfigError, TrainConfig, flatten, from_dict, validate,
-                            validate_data_fit)
+from zoneout.config import (SEQUENCE_CLASSIFICATION, ConfigError, TrainConfig, check_key, flatten, from_dict,
+                            validate, validate_data_fit)
 from zoneout.engine import (DivergenceError, LoopState, build_optimizer, evaluate_classifier, evaluate_lm,
                             lr_for_epoch, set_lr, train_classifier_epoch, train_lm_epoch)
 from zoneout.metrics import from_nats
@@ -147,6 +147,16 @@ class Data:
 
 
 def load_data(cfg: TrainConfig) -> Data:
+    """Like :func:`_load_data`, with file-system failures under data.data_dir (a file where a folder should be, no
+    permission) turned into a DataError that names the key."""
+    try:
+        return _load_data(cfg)
+    except (NotADirectoryError, FileExistsError, PermissionError) as e:
+        raise DataError(f"data.data_dir={cfg.data.data_dir!r}: {e.strerror or e}: {e.filename}; point data.data_dir "
+                        "at a writable folder") from None
+
+
+def _load_data(cfg: TrainConfig) -> Data:
     """Load the configured dataset through :mod:`zoneout.data` (missing data -> DataError naming make data-*).
 
     ``data.mirror`` set: missing files are fetched from that mirror (then the canonical URLs) and verified;
@@ -377,6 +387,7 @@ class _PreemptionSignals:
 
     def __init__(self):
         self.received: Optional[int] = None
+        self.stop_at_once = False   # set for the final evaluation: training is over and saved, Ctrl-C just stops
         self._previous = {}
 
     def __enter__(self):
@@ -396,7 +407,7 @@ class _PreemptionSignals:
         log.warning("received %s: finishing the current step, then checkpointing", signal.Signals(signum).name)
 
     def _handle_interrupt(self, signum, frame):
-        if self.received is not None:   # second Ctrl-C: stop now
+        if self.received is not None or self.stop_at_once:   # second Ctrl-C, or nothing left to checkpoint
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
         self.received = signum
@@ -550,12 +561,15 @@ def run(cfg: TrainConfig, *, command: Optional[str] = None, overrides: Sequence[
                          train_metric, data.metric, valid_metric, " (best)" if improved else "", lr)
                 if wb is not None:
                     wb.log(row, step=state.step)
+                if signals.received is not None:   # arrived during validation: last.pt was just written
+                    raise Preempted(signals.received, run_dir, signals.previous(signals.received))
 
-        if (run_dir / "best.pt").is_file():
-            model.load_state_dict(load_checkpoint(run_dir / "best.pt", map_location=device)["model"])
-        # per-epoch validation may be bounded (max_eval_batches); the reported numbers are not
-        valid_loss, valid_metric = evaluate("valid", max_batches=t.final_eval_batches)
-        test_loss, test_metric = evaluate("test", max_batches=t.final_eval_batches)
+            signals.stop_at_once = True
+            if (run_dir / "best.pt").is_file():
+                model.load_state_dict(load_checkpoint(run_dir / "best.pt", map_location=device)["model"])
+            # per-epoch validation may be bounded (max_eval_batches); the reported numbers are not
+            valid_loss, valid_metric = evaluate("valid", max_batches=t.final_eval_batches)
+            test_loss, test_metric = evaluate("test", max_batches=t.final_eval_batches)
         status = "completed"
         log.info("best epoch %d: valid %s %.4f | test %s %.4f", state.best_epoch, data.metric, valid_metric,
                  data.metric, test_metric)
@@ -571,6 +585,11 @@ def run(cfg: TrainConfig, *, command: Optional[str] = None, overrides: Sequence[
         raise
     except (ConfigError, DataError) as e:   # bad input: the message says what to do; no traceback
         log.error("%s", e)
+        raise
+    except KeyboardInterrupt:
+        status = "interrupted"
+        log.warning("interrupted: stopped at once; %s is the latest checkpoint; run the same command (or "
+                    "trainer.resume=%s) to continue", run_dir / "last.pt", run_dir)
         raise
     except BaseException as e:
         log.exception("run failed: %s", e)
@@ -680,6 +699,10 @@ def _hydra_main(cfg) -> Optional[float]:
     except Preempted as e:
         print(f"{'interrupted' if e.signum == signal.SIGINT else 'preempted'}: {e}", file=sys.stderr)
         exit_after_preemption(e)
+    except KeyboardInterrupt:
+        print("interrupted (second Ctrl-C): stopped at once; the run folder's last.pt is the latest checkpoint; "
+              "run the same command to continue", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT_CODE)
     except Exception as e:
         if isinstance(e, DataError):
             _fail(f"data error: {e}", CONFIG_ERROR_EXIT_CODE)
@@ -693,29 +716,53 @@ def _hydra_main(cfg) -> Optional[float]:
     return float(value) if value is not None else math.inf
 
 
-def _check_output_dirs(argv: Sequence[str]) -> None:
-    """Hydra creates the run folder before the task runs, so a run_dir naming a file would end in a traceback
-    from inside Hydra: refuse it here with the usual config error."""
+def _check_command_line(argv: Sequence[str]) -> None:
+    """Checks Hydra would otherwise report with its own traceback or hint, or only after creating folders:
+    a misspelled key (Hydra suggests ``+key``, which is the wrong fix), a run folder that cannot be created
+    (Hydra creates it before the task runs), a ``trainer.resume`` folder without ``last.pt``."""
+    groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if sep and key.lstrip("+") in ("run_dir", "trainer.resume", "hydra.run.dir", "hydra.sweep.dir") and value:
-            path = Path(value)
-            for p in (path, *path.parents):
-                if p.exists():
-                    if not p.is_dir():
-                        _fail(f"config error: {key.lstrip('+')}={value!r}: {p} is an existing file, not a folder; "
-                              "choose another run_dir", CONFIG_ERROR_EXIT_CODE)
-                    break
+        if not sep or arg.startswith("-"):
+            continue
+        name = key.lstrip("+~")
+        if key[:1] not in "+~" and not name.startswith("hydra") and "/" not in name and name not in groups:
+            try:
+                check_key(name)
+            except ConfigError as e:
+                _fail(f"config error: {e}", CONFIG_ERROR_EXIT_CODE)
+        if name in ("run_dir", "trainer.resume", "hydra.run.dir", "hydra.sweep.dir") and value and "$" not in value:
+            _check_folder(name, Path(value))
+            if name == "trainer.resume" and not (Path(value) / "last.pt").is_file():
+                _fail(f"config error: trainer.resume={value!r}: no last.pt in that folder", CONFIG_ERROR_EXIT_CODE)
+    if not any(a.partition("=")[0].lstrip("+") in ("run_dir", "trainer.resume", "hydra.run.dir") for a in argv):
+        _check_folder("run_dir (default experiments/...)", Path("experiments") / "_")
+
+
+def _check_folder(key: str, path: Path) -> None:
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                _fail(f"config error: {key}={str(path)!r}: {p} is an existing file, not a folder; choose another "
+                      "run_dir", CONFIG_ERROR_EXIT_CODE)
+            if not os.access(p, os.W_OK | os.X_OK):
+                _fail(f"config error: {key}={str(path)!r}: {p} is not writable; choose another run_dir",
+                      CONFIG_ERROR_EXIT_CODE)
+            return
 
 
 def main() -> None:
     import hydra
     _register_resolvers()
-    _check_output_dirs(sys.argv[1:])
-    # Hand Hydra the function of the importable module, not of ``__main__``: launchers that pickle the task
-    # (submitit) can then import it by name in the worker instead of failing to copy ``__main__`` by value.
-    task = importlib.import_module("zoneout.train")._hydra_main
-    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")(task)()
+    try:
+        _check_command_line(sys.argv[1:])
+        # Hand Hydra the function of the importable module, not of ``__main__``: launchers that pickle the task
+        # (submitit) can then import it by name in the worker instead of failing to copy ``__main__`` by value.
+        task = importlib.import_module("zoneout.train")._hydra_main
+        hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")(task)()
+    except KeyboardInterrupt:   # Ctrl-C before the run started (imports, composition): nothing to save
+        print("interrupted before training started", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":
