@@ -5,6 +5,7 @@ SCALE ?= paper
 DATA ?= stdlib
 MIRROR ?=
 SEEDS ?=
+LOCAL_FILE ?=
 PYTEST_ARGS ?=
 MIRROR_ARG = $(if $(MIRROR),--mirror $(MIRROR),)
 
@@ -50,8 +51,8 @@ data-mnist: install ## MNIST as pixel sequences (50k/10k/10k)
 data-fashion-mnist: install ## Fashion-MNIST, same format as MNIST (offline stand-in)
 	$(PYTHON) scripts/download_data.py fashion_mnist $(MIRROR_ARG)
 
-reproduce-enwik8: install ## enwik8 extension (not in the paper): paper scale = 1 GPU, ~1 day per run; SCALE=cpu: 2 cores, real 4 MB prefix, <1 h
-	$(PYTHON) scripts/reproduce.py enwik8 --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(MIRROR_ARG)
+reproduce-enwik8: install ## enwik8 extension (not in the paper): paper scale = 1 GPU, ~1 day per run; SCALE=cpu: 2 cores, the first 4 MB of enwik8 (or LOCAL_FILE=<a copy of them>), ~10 min
+	$(PYTHON) scripts/reproduce.py enwik8 --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(MIRROR_ARG) $(if $(LOCAL_FILE),-- data.local_file=$(LOCAL_FILE),)
 
 reproduce-char_ptb: install ## Table 1 char-PTB, 6 rows x 2 seeds: paper scale = 1 GPU, ~3-6 h per run; SCALE=cpu: 2 cores, <1 h
 	$(PYTHON) scripts/reproduce.py char_ptb --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(MIRROR_ARG)
@@ -59,8 +60,8 @@ reproduce-char_ptb: install ## Table 1 char-PTB, 6 rows x 2 seeds: paper scale =
 reproduce-word_ptb: install ## Table 1 word-PTB (perplexity): paper scale = 1 GPU, ~2-4 h per run; SCALE=cpu: 2 cores, <1 h
 	$(PYTHON) scripts/reproduce.py word_ptb --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(MIRROR_ARG)
 
-reproduce-text8: install ## Table 1 text8: paper scale = 1 GPU, ~1 day per run; SCALE=cpu: 2 cores, real 3 MB prefix, <1 h
-	$(PYTHON) scripts/reproduce.py text8 --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(MIRROR_ARG)
+reproduce-text8: install ## Table 1 text8: paper scale = 1 GPU, ~1 day per run; SCALE=cpu: 2 cores, the first 3 MB of text8 (or LOCAL_FILE=<a copy of them>), <1 h
+	$(PYTHON) scripts/reproduce.py text8 --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(MIRROR_ARG) $(if $(LOCAL_FILE),-- data.local_file=$(LOCAL_FILE),)
 
 reproduce-pmnist: install ## Table 2 permuted sequential MNIST: paper scale = 1 GPU, ~1 day per run; SCALE=cpu: 2 cores, <1 h
 	$(PYTHON) scripts/reproduce.py pmnist --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(MIRROR_ARG)

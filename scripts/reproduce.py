@@ -95,8 +95,10 @@ def local_mirrors() -> list[str]:
     return [str(shared)] + [str(p) for p in sorted(shared.iterdir()) if p.is_dir()]
 
 
-def prepare_data(datasets: list[dict], data_dir: str | None, mirror: str | None) -> None:
-    """Download (mirror first), verify and prepare each corpus once, before the jobs start."""
+def prepare_data(datasets: list[dict], data_dir: str | None, mirror: str | None,
+                 local_file: str | None = None) -> None:
+    """Download (mirror first), verify and prepare each corpus once, before the jobs start. ``local_file``: a
+    ``data.local_file=`` passed through to the jobs, which then read that file instead of the download."""
     from zoneout import data as zdata
 
     mirrors = [m for m in (mirror or os.environ.get("ZONEOUT_MIRROR", "")).split(",") if m] + local_mirrors()
@@ -110,9 +112,9 @@ def prepare_data(datasets: list[dict], data_dir: str | None, mirror: str | None)
             print(f"[reproduce]   {d.label if hasattr(d, 'label') else name}: "
                   f"{len(d.train[1])}/{len(d.valid[1])}/{len(d.test[1])} examples", flush=True)
         else:
-            kw = {"local_file": spec["local_file"]} if spec.get("local_file") else {"download": True,
-                                                                                   "mirror": mirrors or None}
-            c = zdata.load_corpus(name, data_dir, **kw)
+            local = local_file or spec.get("local_file")
+            kw = {"local_file": local} if local else {"download": True, "mirror": mirrors or None}
+            c = zdata.load_corpus(name, data_dir, prefix_bytes=spec.get("prefix_bytes"), **kw)
             print(f"[reproduce]   {c.describe() if hasattr(c, 'describe') else name}", flush=True)
 
 
@@ -213,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(f"[reproduce] data: {datasets}")
     elif not args.no_data and todo:
-        prepare_data(datasets, args.data_dir, args.mirror)
+        local = next((e.split("=", 1)[1] for e in extra if e.lstrip("+").startswith("data.local_file=")), None)
+        prepare_data(datasets, args.data_dir, args.mirror, local_file=local)
 
     attempted: set[int] = set()
     for round_ in range(len(jobs) + 1):

@@ -144,6 +144,7 @@ def test_inconsistent_combinations():
     _reject({"model": {"cell": "gru", "zoneout_c": 0.5}}, "model.zoneout_c", "model.cell='gru'")
     _reject({"model": {"cell": "rnn", "zoneout_shared_mask": True}}, "model.zoneout_shared_mask", "model.cell='rnn'")
     _reject({"trainer": {"max_epochs": 0}}, "trainer.max_epochs=0 must be > 0")
+    _reject({"data": {"name": "ptb_char", "prefix_bytes": 1000}}, "data.prefix_bytes applies to data.name=text8 or enwik8")
     _reject({"model": {"tie_weights": True, "embedding_size": 10, "hidden_size": 20}}, "model.tie_weights")
     _reject({"data": {"name": "ptb_char", "permute": True}}, "data.permute")
     _reject({"optim": {"lr_decay": 1.5}}, "optim.lr_decay")
@@ -187,6 +188,7 @@ def test_loaders_receive_mirror_local_file_and_train_prefix(monkeypatch):
 
     class Corpus:
         train, valid, test, vocab, metric, unit, variant = (None,) * 4 + ("bpc", "char", "prefix")
+        meta = {"source_sha256": "ab" * 32, "source_bytes": 3000}
 
     def load_corpus(name, data_dir, download=False, **kw):
         seen.update(name=name, data_dir=data_dir, download=download, **kw)
@@ -196,10 +198,12 @@ def test_loaders_receive_mirror_local_file_and_train_prefix(monkeypatch):
         return c
 
     monkeypatch.setattr(zd, "load_corpus", load_corpus)
-    cfg = from_dict({"data": {"name": "text8", "local_file": "p.txt", "mirror": "file:///m", "train_tokens": 20}})
+    cfg = from_dict({"data": {"name": "text8", "local_file": "p.txt", "mirror": "file:///m", "train_tokens": 20,
+                              "prefix_bytes": 3000}})
     data = zt.load_data(cfg)
     assert seen == {"name": "text8", "data_dir": "data", "download": True, "mirror": "file:///m",
-                    "local_file": "p.txt", "train_tokens": 20}
+                    "local_file": "p.txt", "train_tokens": 20, "prefix_bytes": 3000}
     assert data.splits["train"].numel() == 20 and data.info["data_local_file"] == "p.txt"
+    assert (data.info["data_prefix_sha256"], data.info["data_prefix_bytes"]) == ("ab" * 32, 3000)
     zt.load_data(from_dict({"data": {"name": "ptb_char"}}))
     assert (seen["download"], seen["mirror"], seen["local_file"]) == (False, None, None)

@@ -405,6 +405,33 @@ def test_exact_split_arithmetic_and_byte_identity(server, monkeypatch, name, n):
     assert tr.dtype == np.uint8
 
 
+@pytest.mark.parametrize("name", ["text8", "enwik8"])
+def test_prefix_bytes_from_the_download_equals_a_local_copy_of_those_bytes(server, monkeypatch, tmp_path, name):
+    """CPU-scale tables use the corpus's first N bytes: cut from the standard (downloaded) zip member, or read
+    from a local copy of exactly those bytes (or a longer local file), they give the same prepared corpus."""
+    n, cut = 12_000, 5_003
+    member = fake_text8(n) if name == "text8" else bytes(np.random.default_rng(2).integers(0, 256, n, np.uint8))
+    body = zip_bytes(name, member)
+    use_zip_source(monkeypatch, name, server.add(f"/{name}.zip", body), body, member)
+    a = zd.load_corpus(name, download=True, prefix_bytes=cut)
+    k = cut // 20
+    assert (len(a.train), len(a.valid), len(a.test)) == (cut - 2 * k, k, k) and a.variant == "prefix"
+    ids = torch.cat([a.train, a.valid, a.test]).tolist()
+    decoded = "".join(a.vocab[i] for i in ids).encode() if name == "text8" else bytes(int(a.vocab[i]) for i in ids)
+    assert decoded == member[:cut]
+    assert a.meta["source_sha256"] == sha(member[:cut]) and a.meta["source_bytes"] == cut
+    (tmp_path / "head").write_bytes(member[:cut])
+    (tmp_path / "longer").write_bytes(member[:cut + 777])
+    for local in (tmp_path / "head", tmp_path / "longer"):
+        b = zd.load_corpus(name, local_file=local, prefix_bytes=cut)
+        assert b.meta["cache_dir"] == a.meta["cache_dir"]
+        assert all(torch.equal(x, y) for x, y in zip((a.train, a.valid, a.test), (b.train, b.valid, b.test)))
+    with pytest.raises(zd.DataError, match=rf"data.prefix_bytes={n + 1} is longer than .* \({n} bytes\)"):
+        zd.load_corpus(name, download=True, prefix_bytes=n + 1)
+    with pytest.raises(ValueError, match="prefix_bytes"):
+        zd.load_corpus("ptb_char", prefix_bytes=cut)
+
+
 def test_enwik8_secondary_zip_checksum_only_warns_member_md5_decides(server, monkeypatch):
     member = b"<mediawiki>\n" + bytes(range(32, 127)) * 50
     body = zip_bytes("enwik8", member)

@@ -42,6 +42,7 @@ class DataConfig:
     permutation_seed: int = 1
     mnist_source: str = "standard"
     local_file: Optional[str] = None        # text8/enwik8 only: a local raw file (e.g. a real prefix) split 90/5/5
+    prefix_bytes: Optional[int] = None      # text8/enwik8 only: the corpus = its first N bytes, split 90/5/5 (CPU)
 
 
 @dataclass
@@ -262,9 +263,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _positive("data.batch_size", d.batch_size)
     _positive("data.eval_batch_size", d.eval_batch_size, allow_none=True)
     _positive("data.train_tokens", d.train_tokens, allow_none=True)
-    if d.local_file is not None and d.name not in LOCAL_FILE_DATASETS:
-        raise ConfigError(f"data.local_file applies to data.name={' or '.join(LOCAL_FILE_DATASETS)} only, not "
-                          f"data.name={d.name!r}; set data.local_file=null")
+    for key in ("local_file", "prefix_bytes"):
+        if getattr(d, key) is not None and d.name not in LOCAL_FILE_DATASETS:
+            raise ConfigError(f"data.{key} applies to data.name={' or '.join(LOCAL_FILE_DATASETS)} only, not "
+                              f"data.name={d.name!r}; set data.{key}=null")
+    if d.prefix_bytes is not None and d.prefix_bytes < 20:
+        raise ConfigError(f"data.prefix_bytes={d.prefix_bytes} is too small to split 90/5/5; use null or >= 20")
     if d.permute and d.name not in SEQUENCE_CLASSIFICATION:
         raise ConfigError(f"data.permute=true applies to {', '.join(SEQUENCE_CLASSIFICATION)} only, "
                           f"not data.name={d.name!r}")

@@ -160,7 +160,8 @@ def _load_data(cfg: TrainConfig) -> Data:
     """Load the configured dataset through :mod:`zoneout.data` (missing data -> DataError naming make data-*).
 
     ``data.mirror`` set: missing files are fetched from that mirror (then the canonical URLs) and verified;
-    unset: nothing is downloaded. ``data.local_file`` (text8/enwik8): a local raw file split 90/5/5."""
+    unset: nothing is downloaded. ``data.local_file`` (text8/enwik8): a local raw file split 90/5/5;
+    ``data.prefix_bytes``: only the first N bytes of it (or of the standard file) as the whole corpus."""
     d = cfg.data
     if d.name in SEQUENCE_CLASSIFICATION:
         from zoneout.data import load_mnist
@@ -175,11 +176,15 @@ def _load_data(cfg: TrainConfig) -> Data:
         return Data("classification", "error", splits, num_classes=int(sd.train[1].max()) + 1, info=info)
     from zoneout.data import load_corpus
     corpus = load_corpus(d.name, d.data_dir, download=bool(d.mirror), mirror=d.mirror, local_file=d.local_file,
-                         train_tokens=d.train_tokens)   # a prefix of the train split, read without the rest
+                         train_tokens=d.train_tokens,   # a prefix of the train split, read without the rest
+                         prefix_bytes=d.prefix_bytes)   # text8/enwik8: the first N bytes as the whole corpus
     train = corpus.train[:d.train_tokens] if d.train_tokens else corpus.train
     info = {"data_variant": getattr(corpus, "variant", "standard"), "unit": corpus.unit}
     if d.local_file:
         info["data_local_file"] = str(d.local_file)
+    if corpus.variant == "prefix":
+        info["data_prefix_sha256"] = corpus.meta.get("source_sha256")
+        info["data_prefix_bytes"] = corpus.meta.get("source_bytes")
     return Data("lm", corpus.metric, {"train": train, "valid": corpus.valid, "test": corpus.test},
                 vocab_size=len(corpus.vocab), info=info)
 

@@ -147,6 +147,35 @@ def _byte_repr(b: int) -> str:  # decimal byte value, as in awd-lstm-lm's prep_e
     return str(b)
 
 
+class _Head:
+    """The first ``n`` bytes of a binary stream (context manager, ``read`` only)."""
+
+    def __init__(self, stream, n: int):
+        self.stream, self.left = stream, n
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        block = self.stream.read(size) if size else b""
+        self.left -= len(block)
+        return block
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stream.close()
+        return False
+
+
+def _first_bytes(opener: Callable, total: int, n: Optional[int], what: str) -> Tuple[Callable, int]:
+    """(opener, size) of the first ``n`` bytes of a stream of ``total`` bytes (all of it when n is None)."""
+    if n is None:
+        return opener, total
+    if n > total:
+        raise DataError(f"data.prefix_bytes={n} is longer than {what} ({total} bytes); use at most {total}")
+    return (lambda: _Head(opener(), n)), n
+
+
 def _zip_member(path: Path, member: str):
     def _open():
         return zipfile.ZipFile(path).open(member)
@@ -256,7 +285,8 @@ def prepare(cdir: Path, expect: dict, build: Callable[[Path], dict], extra: Sequ
 
 # --------------------------------------------------------------------------------------------- API
 def load_corpus(name: str, data_dir: Optional[PathLike] = None, download: bool = False, *, mirror=None,
-                local_file: Optional[PathLike] = None, train_tokens: Optional[int] = None) -> Corpus:
+                local_file: Optional[PathLike] = None, train_tokens: Optional[int] = None,
+                prefix_bytes: Optional[int] = None) -> Corpus:
     """Load (preparing once) a language-model corpus.
 
     name: ptb_char | ptb_word | text8 | enwik8 | stdlib.
@@ -264,6 +294,11 @@ def load_corpus(name: str, data_dir: Optional[PathLike] = None, download: bool =
     local_file: text8/enwik8 only — a local raw file (e.g. a real prefix of the corpus) split with the same
         90/5/5 rule; the result has ``variant="prefix"`` and records the file, so it is never mistaken for the
         standard corpus.
+    prefix_bytes: text8/enwik8 only — use only the first this-many bytes of the corpus (of ``local_file`` when
+        given, else of the standard file, downloaded when ``download``) as the whole corpus, split with the
+        same 90/5/5 rule (``variant="prefix"``): CPU-scale tables that anyone can rebuild from the standard
+        download. The cache is keyed by the sha256 of those bytes, so the same bytes from either source give
+        the same prepared corpus.
     train_tokens: keep only this many leading train tokens (CPU-scale runs).
     Returns a Corpus whose splits are 1-D LongTensors of token ids.
     """
@@ -273,20 +308,32 @@ def load_corpus(name: str, data_dir: Optional[PathLike] = None, download: bool =
     spec = DATASETS[name]
     root = resolve_data_dir(data_dir)
     variant = "standard"
-    if local_file is not None:
-        if name not in ("text8", "enwik8"):
-            raise ValueError(f"local_file is supported for text8 and enwik8, not {name!r}")
-        lf = Path(local_file)
-        if not lf.is_file():
-            raise DataError(f"{lf}: no such file (local_file for {name})")
+    if (local_file is not None or prefix_bytes is not None) and name not in ("text8", "enwik8"):
+        raise ValueError(f"local_file / prefix_bytes are supported for text8 and enwik8, not {name!r}")
+    if prefix_bytes is not None and (isinstance(prefix_bytes, bool) or int(prefix_bytes) < 20):
+        raise ValueError(f"prefix_bytes must be an integer >= 20 (90/5/5 split), got {prefix_bytes!r}")
+    if local_file is not None or prefix_bytes is not None:
         variant = "prefix"
-        with open(lf, "rb") as fh:
+        if local_file is not None:
+            lf = Path(local_file)
+            if not lf.is_file():
+                raise DataError(f"{lf}: no such file (local_file for {name})")
+            source_name = lf.name
+            opener, n = _first_bytes(lambda: open(lf, "rb"), lf.stat().st_size, prefix_bytes, str(lf))
+        else:
+            source = SOURCES[spec.source]
+            src = ensure_files(source, spec.files, root, download, mirror, dataset=name)
+            fspec = source.file(spec.files[0])
+            member_open, total = _zip_member(src / fspec.name, fspec.member)
+            source_name = f"{fspec.name}:{fspec.member}"
+            opener, n = _first_bytes(member_open, total, prefix_bytes, source_name)
+        with opener() as fh:
             _, sha, _ = _hashes(fh, want_md5=False)
         cdir = root / SOURCES[spec.source].dirname / "prepared" / f"{name}-prefix-{sha[:12]}"
-        expect = {"dataset": name, "variant": variant, "source_file": lf.name, "source_sha256": sha,
-                  "source_bytes": lf.stat().st_size}
+        expect = {"dataset": name, "variant": variant, "source_sha256": sha, "source_bytes": n}
         rep = _byte_repr if name == "enwik8" else _char_repr
-        meta = prepare(cdir, expect, lambda out: _prepare_bytes(lambda: open(lf, "rb"), lf.stat().st_size, out, rep))
+        meta = prepare(cdir, expect, lambda out: _prepare_bytes(opener, n, out, rep))
+        meta = dict(meta, source_file=source_name)
     elif name == "stdlib":
         cdir = root / "stdlib" / "prepared" / "stdlib"
         expect = {"dataset": name, "variant": variant, "python": sys.version.split()[0], "cap": STDLIB_CAP}
