@@ -28,7 +28,7 @@ install: ## install the package and test tools (CPU torch 2.13.0 only if no torc
 	$(PYTHON) -m pip install -e ".[dev]"
 	@touch $@
 
-test: install ## run the offline CPU test suite (~5-10 min on 2 cores)
+test: install ## run the offline CPU test suite (~4-10 min on 2 cores)
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
 demo: install ## train a small zoneout LSTM and an unregularized one on CPU (5-10 min on 2 cores), print BPC side by side; DATA=stdlib|ptb_char
