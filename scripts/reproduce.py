@@ -7,8 +7,9 @@
 
 The sweep is ``configs/sweep/<table>.yaml``: its ``hydra.sweeper.params`` (rows in table order x seeds, and for
 the grid z_c x z_h) and, per scale, the overrides applied to every job. Every job gets a fixed run folder
-``<runs-root>/<scale>/<experiment>/seed<seed>`` (grid: ``.../grid/zc<z_c>_zh<z_h>/seed<seed>``), so re-running
-the command skips finished jobs and resumes interrupted ones (train.py resumes from a run folder's last.pt).
+``<runs-root>/<scale>/<experiment>/seed<seed>`` (grid: ``<runs-root>/<scale>/zc<z_c>_zh<z_h>/seed<seed>``, the
+sweep file's ``run_name``), so re-running the command skips finished jobs and resumes interrupted ones (train.py
+resumes from a run folder's last.pt).
 Arguments after ``--`` go to Hydra unchanged (launcher, partition, any config key).
 """
 from __future__ import annotations
