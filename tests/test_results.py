@@ -105,6 +105,24 @@ def test_latest_run_of_a_seed_wins(tmp_path):
     assert g.stats()[:2] == (1.5, None) and len(g.other) == 1
 
 
+@pytest.mark.parametrize("extra, scale", [
+    ("data.local_file=/mirror/ptb.char.train.txt", "cpu"),  # where the bytes came from: still the cpu scale
+    ("optim.lr=0.01", "custom"),                            # changes the computation: an ad-hoc run
+])
+def test_scale_ignores_where_the_data_was_read_from(extra, scale, tmp_path):
+    src = FIX / "experiments/reproduce/cpu/char_ptb/lstm_baseline/seed1"
+    run = tmp_path / "experiments/seed1"
+    shutil.copytree(src, run)
+    ov = run / ".hydra/overrides.yaml"
+    ov.write_text(ov.read_text() + f"- {extra}\n")
+    m = json.loads((run / "metrics.json").read_text())
+    m.update(data_prefix_bytes=5000, data_prefix_sha256="ab" * 32)
+    (run / "metrics.json").write_text(json.dumps(m))
+    (g,) = results.group_runs(results.collect([run.parent], base=tmp_path), results.load_sweeps(FIX / "sweep"))["char_ptb"]
+    assert g.scale == scale
+    assert "its first 5,000 bytes (sha256 abababababababab...)" in "\n".join(results._provenance([g]))
+
+
 def test_ordering_verdicts():
     grouped = _runs()
     sweep = results.load_sweeps(FIX / "sweep")["char_ptb"]

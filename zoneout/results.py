@@ -36,9 +36,11 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 # Overrides that do not change what a run computes (paths, logging, devices, seed): they are left out of
 # the signature that decides which runs are averaged together, and out of the printed commands.
+# data.local_file only says where the corpus bytes were read from (a run with data.prefix_bytes records the
+# sha256 of the bytes it used, shown in the table's Data line).
 NEUTRAL_KEYS = (
-    "seed", "run_dir", "device", "experiment_name", "data.data_dir", "data.mirror", "trainer.progress",
-    "trainer.log_every_steps", "trainer.checkpoint_every_steps", "trainer.resume", "meta.scale",
+    "seed", "run_dir", "device", "experiment_name", "data.data_dir", "data.mirror", "data.local_file",
+    "trainer.progress", "trainer.log_every_steps", "trainer.checkpoint_every_steps", "trainer.resume", "meta.scale",
 )
 NEUTRAL_PREFIXES = ("hydra.", "hydra/", "logger.", "logger=", "+logger", "++logger", "meta.")
 
@@ -181,7 +183,8 @@ def load_run(run_dir: str | Path, base: str | Path | None = None) -> Run | None:
     rel = os.path.relpath(run_dir, base) if base is not None else str(run_dir)
     info = {k: metrics.get(k) for k in ("best_epoch", "epochs", "n_params", "train_seconds",
                                         "tokens_per_second", "hardware", "device", "torch_version",
-                                        "git_sha", "command", "dataset", "data_variant", "data_source")}
+                                        "git_sha", "command", "dataset", "data_variant", "data_source",
+                                        "data_prefix_bytes", "data_prefix_sha256")}
     zc = _dig(config, "model.zoneout_c", metrics.get("zoneout_c"))
     zh = _dig(config, "model.zoneout_h", metrics.get("zoneout_h"))
     return Run(
@@ -471,6 +474,8 @@ def _provenance(groups: list[Group]) -> list[str]:
     secs = [float(r.info["train_seconds"]) for r in runs if _float(r.info.get("train_seconds")) is not None]
     data = sorted({str(r.info["dataset"]) + "".join(
         f" ({r.info[k]})" for k in ("data_variant", "data_source") if r.info.get(k) not in (None, "standard"))
+        + (f", its first {int(r.info['data_prefix_bytes']):,} bytes (sha256 {str(r.info['data_prefix_sha256'])[:16]}...)"
+           if r.info.get("data_prefix_bytes") and r.info.get("data_prefix_sha256") else "")
         for r in runs if r.info.get("dataset")})
     out = []
     if data:
