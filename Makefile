@@ -66,7 +66,7 @@ reproduce-text8: install ## Table 1 text8: paper scale = 1 GPU, ~1 day per run; 
 reproduce-pmnist: install ## Table 2 permuted sequential MNIST: paper scale = 1 GPU, ~1 day per run; SCALE=cpu: 2 cores, <1 h
 	$(PYTHON) scripts/reproduce.py pmnist --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(MIRROR_ARG)
 
-reproduce-grid: install ## Figure 3 z_c x z_h grid on char-PTB (valid BPC heatmap): paper scale = 1 GPU per cell; SCALE=cpu: 2 cores
+reproduce-grid: install ## Figure 3 z_c x z_h grid on char-PTB (valid BPC heatmap): paper scale = 1 GPU, ~3-6 h per cell; SCALE=cpu: 2 cores, ~10 min
 	$(PYTHON) scripts/reproduce.py grid --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(MIRROR_ARG)
 
 results: install ## collect every finished run -> results/*.md, runs.csv, plots, README block (offline, seconds)

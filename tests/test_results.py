@@ -150,6 +150,9 @@ def test_fixed_decimals():
     assert results.fmt(0.0691, "error") == "0.069"
     assert results.fmt(-0.0004, "bpc", signed=True) == "-0.000"
     assert results.fmt(None, "bpc") == "—"
+    # the paper's numbers keep its digits but never drop a trailing zero it printed
+    assert [results._paper(v, m) for v, m in [(87.0, "ppl"), (1.27, "bpc"), (1.356, "bpc"), (0.092, "error"),
+                                             (None, "ppl")]] == ["87.0", "1.27", "1.356", "0.092", "—"]
 
 
 def test_readme_block(tmp_path):
@@ -267,3 +270,24 @@ def test_archived_run_records_regenerate_the_same_tables(tmp_path):
     assert len(both) == len(clean) == len(dirs)                     # a run found twice counts once
     assert [r.run_dir for r in both] == [r.run_dir for r in clean]  # ... from the archive
     assert all(r.run_dir.startswith("results/runs/") for r in clean)
+
+
+def test_committed_tables_regenerate_from_the_committed_run_records(tmp_path):
+    """`make results` on a clean checkout rewrites results/ from results/runs: every committed table, runs.csv,
+    plot and the README block must come out byte-identical (a changed collector or sweep file that would
+    silently change the committed tables fails here)."""
+    archive = ROOT / "results" / "runs"
+    if not results.find_run_dirs([archive]):
+        pytest.skip("no committed run records under results/runs")
+    readme = tmp_path / "README.md"
+    shutil.copyfile(ROOT / "README.md", readme)
+    out = tmp_path / "results"
+    written = results.write_results([archive], out_dir=out, sweep_dir=ROOT / "configs" / "sweep",
+                                    readme=readme, base=ROOT)
+    assert written
+    committed = {p: ROOT / "results" / p.relative_to(out) for p in written if p.is_relative_to(out)}
+    differ = [str(c.relative_to(ROOT)) for p, c in committed.items()
+              if not c.is_file() or c.read_bytes() != p.read_bytes()]
+    if readme.read_text() != (ROOT / "README.md").read_text():
+        differ.append("README.md")
+    assert not differ, f"regenerating from results/runs changes {differ}; run `make results` and commit"

@@ -20,8 +20,9 @@ import io
 import json
 import math
 import os
-import shutil
 import re
+import shutil
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -403,9 +404,18 @@ def fmt(x: float | None, metric: str, signed: bool = False) -> str:
     return f"{x:+.{d}f}" if signed else f"{x:.{d}f}"
 
 
-def _paper(x: Any) -> str:
+# The paper's own numbers keep the digits it printed (1.27 stays 1.27, not 1.270), but never fewer decimals than
+# it uses for that metric, so that 87.0 is not shown as 87.
+PAPER_MIN_DECIMALS = {"bpc": 2, "ppl": 1, "error": 3}
+
+
+def _paper(x: Any, metric: str = "") -> str:
     f = _float(x)
-    return "—" if f is None else f"{f:g}"
+    if f is None:
+        return "—"
+    shown = f"{f:g}"
+    d = max(len(shown.split(".")[1]) if "." in shown else 0, PAPER_MIN_DECIMALS.get(metric, 0))
+    return f"{f:.{d}f}"
 
 
 def _ours(g: Group) -> str:
@@ -530,7 +540,7 @@ def table_markdown(table: str, groups: list[Group], sweep: Sweep | None, plots: 
         out.append("|---|---|---|---|---|---|---|")
         for g in gs:
             delta, within = _delta(g)
-            paper = f"{_paper(g.meta.get('paper_valid'))} / {_paper(g.meta.get('paper_test'))}"
+            paper = f"{_paper(g.meta.get('paper_valid'), g.metric)} / {_paper(g.meta.get('paper_test'), g.metric)}"
             out.append("| " + " | ".join([
                 _md_escape(g.row), paper, _ours(g), fmt(delta, g.metric, signed=True), within, g.scale,
                 _md_escape(command_of(g, common))]) + " |")
@@ -710,7 +720,7 @@ def plot_heatmap(groups: list[Group], path: Path, title: str) -> bool:
                 dark = im.norm(v) > 0.5  # viridis_r: high values are dark cells
                 ax.text(j, i, fmt(v, metric), ha="center", va="center", fontsize=8, color="w" if dark else "k")
     fig.colorbar(im, ax=ax, label=f"valid {metric.upper()}")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 48, break_on_hyphens=False), fontsize=10)  # the figure is narrow: wrap, don't clip
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
@@ -750,8 +760,8 @@ def readme_block(groups_by_table: dict[str, list[Group]], sweeps: dict[str, Swee
                     "|---|---|---|---|"]
             for g in gs:
                 delta, _ = _delta(g)
-                out.append(f"| {_md_escape(g.row)} | {_paper(g.meta.get('paper_valid'))} / "
-                           f"{_paper(g.meta.get('paper_test'))} | {_ours(g)} | {fmt(delta, g.metric, True)} |")
+                out.append(f"| {_md_escape(g.row)} | {_paper(g.meta.get('paper_valid'), g.metric)} / "
+                           f"{_paper(g.meta.get('paper_test'), g.metric)} | {_ours(g)} | {fmt(delta, g.metric, True)} |")
             out += ["", ordering_line(gs, sweep), ""]
     return "\n".join(out).rstrip() + "\n"
 
