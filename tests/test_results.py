@@ -273,9 +273,9 @@ def test_archived_run_records_regenerate_the_same_tables(tmp_path):
 
 
 def test_committed_tables_regenerate_from_the_committed_run_records(tmp_path):
-    """`make results` on a clean checkout rewrites results/ from results/runs: every committed table, runs.csv,
-    plot and the README block must come out byte-identical (a changed collector or sweep file that would
-    silently change the committed tables fails here)."""
+    """`make results` on a clean checkout rewrites results/ from results/runs: every committed table, runs.csv
+    and the README block must come out byte-identical, and every plot must be committed (a changed collector
+    or sweep file that would silently change the committed tables fails here)."""
     archive = ROOT / "results" / "runs"
     if not results.find_run_dirs([archive]):
         pytest.skip("no committed run records under results/runs")
@@ -286,8 +286,9 @@ def test_committed_tables_regenerate_from_the_committed_run_records(tmp_path):
                                     readme=readme, base=ROOT)
     assert written
     committed = {p: ROOT / "results" / p.relative_to(out) for p in written if p.is_relative_to(out)}
+    # Text byte for byte; a plot only has to exist (its pixels depend on the matplotlib/freetype build).
     differ = [str(c.relative_to(ROOT)) for p, c in committed.items()
-              if not c.is_file() or c.read_bytes() != p.read_bytes()]
+              if not c.is_file() or (p.suffix != ".png" and c.read_bytes() != p.read_bytes())]
     if readme.read_text() != (ROOT / "README.md").read_text():
         differ.append("README.md")
     assert not differ, f"regenerating from results/runs changes {differ}; run `make results` and commit"
