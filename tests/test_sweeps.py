@@ -101,7 +101,7 @@ def test_launcher_configs_compose(launcher, target):
 
 def test_optuna_sweeper_config_composes():
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper not installed "
-                        "(optional: pip install hydra-optuna-sweeper)")
+                        "(`make install` installs it)")
     from hydra import compose, initialize_config_dir
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=["hydra/sweeper=optuna_zoneout"], return_hydra_config=True)
@@ -155,6 +155,36 @@ def test_two_job_sweep_through_submitit_local_launcher(tmp_path):
     # the same command again finds both jobs finished and launches nothing
     p2 = _reproduce(tmp_path, sweep_dir, ["hydra/launcher=local_cpu"])
     assert "2 jobs (2 already finished, 0 to run)" in p2.stdout
+
+
+@pytest.mark.slow
+def test_optuna_sweeper_searches_the_rates_and_survives_failed_trials(tmp_path):
+    """hydra/sweeper=optuna_zoneout really runs: z_h sampled from the config's interval, z_c from a choice in which
+    1.5 is invalid (those trials fail with a config error and leave no run folder). The failed trials are told to
+    Optuna as failed and the search goes on; the best value is the smallest validation BPC of the others."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper not installed "
+                        "(`make install` installs it)")
+    n = 4
+    cmd = [sys.executable, "-m", "zoneout.train", "-m", "experiment=char_ptb/lstm_zoneout",
+           "hydra/sweeper=optuna_zoneout", f"hydra.sweeper.n_trials={n}", "model.zoneout_c=choice(0.5,1.5)",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}", *[f"{k}={v}" for k, v in TINY.items()],
+           f"run_dir={tmp_path / 'trials'}/${{hydra:job.num}}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1", "ZONEOUT_DATA": str(tmp_path / "data")}
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    folders = {i: tmp_path / "trials" / str(i) for i in range(n)}
+    done = {i: d for i, d in folders.items() if (d / "metrics.json").exists()}
+    assert 0 < len(done) < n, "the seeded sampler should draw both z_c values in 4 trials"
+    assert p.stderr.count("model.zoneout_c=1.5 is outside [0, 1]") == n - len(done)
+    trials = {i: json.loads((d / "metrics.json").read_text()) for i, d in done.items()}
+    models = {i: yaml.safe_load((d / "config.yaml").read_text())["model"] for i, d in done.items()}
+    assert all(t["status"] == "completed" for t in trials.values())
+    assert all(m["zoneout_c"] == 0.5 and 0 <= m["zoneout_h"] <= 0.5 for m in models.values())
+    assert len({m["zoneout_h"] for m in models.values()}) == len(done)
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    i = min(trials, key=lambda j: trials[j]["valid_bpc"])
+    assert best["best_value"] == pytest.approx(trials[i]["valid_bpc"], rel=1e-9)
+    assert best["best_params"]["model.zoneout_h"] == pytest.approx(models[i]["zoneout_h"])
 
 
 def _wandb_records(path: Path):
