@@ -70,7 +70,8 @@ def overrides_for(name: str, args, run_dir: Path):
               f"data.seq_len={args.seq_len}", f"data.batch_size={args.batch_size}",
               f"model.hidden_size={args.hidden}", f"trainer.max_epochs={args.epochs}",
               f"trainer.max_eval_batches={args.eval_batches}", "trainer.checkpoint_every_steps=0",
-              "trainer.log_every_steps=1000000", f"seed={args.seed}", f"run_dir={run_dir}"]
+              "trainer.log_every_steps=1000000", f"seed={args.seed}", f"run_dir={run_dir}",
+              "++meta.table=false"]   # a demo is not a result: `make results` leaves these runs out
     if args.data == "ptb_char":   # the paper's rows, CPU-sized
         return [f"experiment={PTB_ROWS[name]}"] + common
     return [f"experiment_name=demo/{name}"] + common + RUNS[name][1]

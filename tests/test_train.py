@@ -467,6 +467,9 @@ def test_demo_trains_both_models_and_prints_side_by_side(tmp_path, stdlib_dir):
         run = next(tmp_path.glob(f"*_stdlib/{name}"))
         assert json.loads((run / "metrics.json").read_text())["test_bpc"] == pytest.approx(value, abs=5e-4)
         assert f"run dir ({name}): {run}" in p.stdout
+    # a demo is not a result: `make results` (which scans experiments/, where the demo writes) leaves it out
+    from zoneout import results
+    assert len(results.find_run_dirs([tmp_path])) == 2 and results.collect([tmp_path]) == []
 
 
 @reliability(failure='one job of a multirun sweep diverges',

@@ -155,7 +155,7 @@ def _float(x: Any) -> float | None:
 
 def load_run(run_dir: str | Path, base: str | Path | None = None) -> Run | None:
     """Read one run folder. Returns None when it has no ``metrics.json`` or belongs to no table (e.g. a run of
-    the default config without an experiment row)."""
+    the default config without an experiment row, or one started with ``++meta.table=false``)."""
     run_dir = Path(run_dir)
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():
@@ -171,7 +171,10 @@ def load_run(run_dir: str | Path, base: str | Path | None = None) -> Run | None:
     overrides = _overrides_of(metrics, run_dir)
     experiment = (metrics.get("experiment") or config.get("experiment_name")
                   or next((o.split("=", 1)[1] for o in overrides if _key(o) == "experiment"), None))
-    # a run belongs to a table through its row's meta (or an experiment named <table>/<row>); others are skipped
+    # a run belongs to a table through its row's meta (or an experiment named <table>/<row>); others are skipped,
+    # as are runs that opt out with meta.table=false (make demo's runs: a demo is not a result)
+    if metrics.get("table") is False or meta.get("table") is False:
+        return None
     table = metrics.get("table") or meta.get("table") or (experiment.split("/")[0] if "/" in str(experiment) else None)
     if not table or not experiment:
         return None
