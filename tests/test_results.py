@@ -134,6 +134,12 @@ def test_ordering_verdicts():
             r.value = v
     assert "**did not hold**" in results.ordering_line(flipped, sweep)
     assert "not enough" in results.ordering_line(cpu[:1], sweep)
+    # a sweep that limits the verdict to some rows says so, and a better row outside them is not named best
+    import dataclasses
+    only = dataclasses.replace(sweep, ordering_rows=[cpu[0].experiment, cpu[2].experiment])
+    line = results.ordering_line(flipped, only)
+    assert f"among the paper's own rows ({cpu[2].row}, {cpu[0].row}; the other rows are for reference)" in line
+    assert f"best here {cpu[0].row}" in line and cpu[1].row not in line.split(":", 1)[1]
 
 
 def test_cpu_tables_say_they_are_scaled_down(tmp_path):

@@ -475,8 +475,11 @@ def ordering_line(groups: list[Group], sweep: Sweep | None) -> str:
     worst_ok = worst.experiment == worst_key if worst_key else "unregularized" in worst.experiment
     verdict = "held" if best_ok and worst_ok else (
         "held in part" if best_ok or worst_ok else "did not hold")
+    among = ""
+    if sweep is not None and sweep.ordering_rows and len(done) < len([g for g in groups if g.stats()[2] > 0]):
+        among = f" among the paper's own rows ({', '.join(g.row for g in done)}; the other rows are for reference)"
     return (f"Paper's ordering (a {best_key} row best, the unregularized row worst) **{verdict}** "
-            f"on test {best.metric.upper()}: best here {best.row} ({fmt(best.stats()[0], best.metric)}), "
+            f"on test {best.metric.upper()}{among}: best here {best.row} ({fmt(best.stats()[0], best.metric)}), "
             f"worst here {worst.row} ({fmt(worst.stats()[0], worst.metric)}).")
 
 
