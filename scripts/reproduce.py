@@ -217,7 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[reproduce] data: {datasets}")
     elif not args.no_data and todo:
         local = next((e.split("=", 1)[1] for e in extra if e.lstrip("+").startswith("data.local_file=")), None)
-        prepare_data(datasets, args.data_dir, args.mirror, local_file=local)
+        from zoneout.data import DataError
+        try:
+            prepare_data(datasets, args.data_dir, args.mirror, local_file=local)
+        except DataError as e:
+            print(f"[reproduce] data error: {e}\n[reproduce] no job was started; fix the data (make help lists the "
+                  f"data-* targets; MIRROR=<url> or LOCAL_FILE=<file> point at a copy), then run the same command "
+                  f"again", file=sys.stderr)
+            return 2
 
     attempted: set[int] = set()
     for round_ in range(len(jobs) + 1):

@@ -219,6 +219,16 @@ def test_reproduce_skips_finished_jobs(tmp_path, capsys):
     assert "experiment=char_ptb/lstm_weight_noise " in calls[0] and "experiment=char_ptb/lstm_zoneout " in calls[-1]
 
 
+def test_reproduce_reports_missing_data_without_a_traceback(tmp_path, capsys):
+    missing = tmp_path / "no-such-enwik8-prefix"
+    rc = reproduce.main(["enwik8", "--scale", "cpu", "--runs-root", str(tmp_path / "runs"), "--data-dir",
+                         str(tmp_path / "data"), "--", f"data.local_file={missing}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert f"[reproduce] data error: {missing}: no such file" in err and "no job was started" in err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("metrics.json"))
+
+
 @pytest.mark.parametrize("argv,says", [
     (["char_ptb", "--seeds", "a,b"], "--seeds must be a comma list of non-negative integers"),
     (["char_ptb", "--seeds", ""], "--seeds must be a comma list of non-negative integers"),
