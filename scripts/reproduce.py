@@ -4,6 +4,7 @@
     python scripts/reproduce.py char_ptb --scale cpu            # 2 CPU cores, scaled down (see the sweep file)
     python scripts/reproduce.py char_ptb --scale paper --seeds 1,2,3 -- hydra/launcher=slurm_gpu hydra.launcher.partition=gpu
     python scripts/reproduce.py grid --scale cpu --dry-run       # print the commands, run nothing
+    python scripts/reproduce.py text8 --scale cpu --jobs 2       # two single-threaded runs at a time (2 cores)
 
 The sweep is ``configs/sweep/<table>.yaml``: its ``hydra.sweeper.params`` (rows in table order x seeds, and for
 the grid z_c x z_h) and, per scale, the overrides applied to every job. Every job gets a fixed run folder
@@ -177,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("table", help="char_ptb, word_ptb, text8, pmnist, enwik8 or grid (configs/sweep/<table>.yaml)")
     p.add_argument("--scale", choices=("cpu", "paper"), default="cpu")
     p.add_argument("--seeds", help="comma list replacing the sweep file's seeds, e.g. 1,2,3")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time on this machine (default 1, one after another with all cores). N > 1 starts "
+                        "N single-threaded processes at a time through Hydra's submitit launcher "
+                        "(hydra/launcher=local_cpu); the committed CPU tables were made with --jobs 2 on 2 cores")
     p.add_argument("--dry-run", action="store_true", help="print the data step and the Hydra command; run nothing")
     p.add_argument("--runs-root", default="experiments/reproduce", help="run folders go to <root>/<scale>/...")
     p.add_argument("--data-dir", default=None, help="default: $ZONEOUT_DATA or data/")
@@ -197,6 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [x.strip() for x in args.seeds.split(",")]
         if not seeds or not all(x.isdigit() for x in seeds):
             p.error(f"--seeds must be a comma list of non-negative integers (e.g. 1,2,3), got {args.seeds!r}")
+    if args.jobs < 1:
+        p.error(f"--jobs must be a positive integer (runs at a time), got {args.jobs}")
+    env = None
+    if args.jobs > 1:
+        if not any(e.startswith("hydra/launcher=") for e in extra):
+            extra = ["hydra/launcher=local_cpu", *extra]
+        extra = [*extra, f"hydra.sweeper.max_batch_size={args.jobs}"]
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     params = sweep_params(raw, args.seeds, spec)
     pattern = info.get("run_name", DEFAULT_RUN_NAME)
     base = Path(args.runs_root) / args.scale
@@ -236,10 +249,10 @@ def main(argv: list[str] | None = None) -> int:
             cmd = build_command(args.table, args.scale, call_params, spec, args.runs_root, pattern, extra)
             if args.data_dir:
                 cmd.append(f"data.data_dir={args.data_dir}")
-            print("[reproduce] python " + " ".join(shell_quote(c) for c in cmd[1:]), flush=True)
+            print("[reproduce] " + ("OMP_NUM_THREADS=" + env["OMP_NUM_THREADS"] + " " if env else "") + "python " + " ".join(shell_quote(c) for c in cmd[1:]), flush=True)
             if args.dry_run:
                 continue
-            rc = subprocess.call(cmd, cwd=os.getcwd())
+            rc = subprocess.call(cmd, cwd=os.getcwd(), env=env)
             if rc != 0:
                 print(f"[reproduce] the sweep exited with {rc}", file=sys.stderr, flush=True)
         if args.dry_run:

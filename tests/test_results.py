@@ -232,11 +232,29 @@ def test_reproduce_reports_missing_data_without_a_traceback(tmp_path, capsys):
 @pytest.mark.parametrize("argv,says", [
     (["char_ptb", "--seeds", "a,b"], "--seeds must be a comma list of non-negative integers"),
     (["char_ptb", "--seeds", ""], "--seeds must be a comma list of non-negative integers"),
+    (["char_ptb", "--jobs", "0"], "--jobs must be a positive integer"),
 ])
 def test_reproduce_rejects_bad_seeds_before_planning(argv, says, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         reproduce.main([*argv, "--dry-run", "--runs-root", str(tmp_path)])
     assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_reproduce_jobs_runs_single_threaded_jobs_through_the_local_submitit_launcher(tmp_path, capsys):
+    assert reproduce.main(["grid", "--scale", "cpu", "--jobs", "2", "--dry-run", "--runs-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    cmd = next(line for line in out.splitlines() if "zoneout.train" in line)
+    assert cmd.startswith("[reproduce] OMP_NUM_THREADS=1 python -c 'from zoneout.train import main; main()' -m ")
+    assert cmd.endswith(" hydra/launcher=local_cpu hydra.sweeper.max_batch_size=2")
+    # a launcher given after -- is kept (a cluster), only the batch size is added
+    assert reproduce.main(["grid", "--scale", "cpu", "--jobs", "4", "--dry-run", "--runs-root", str(tmp_path), "--",
+                           "hydra/launcher=slurm_gpu"]) == 0
+    cmd = next(line for line in capsys.readouterr().out.splitlines() if "zoneout.train" in line)
+    assert cmd.endswith(" hydra/launcher=slurm_gpu hydra.sweeper.max_batch_size=4") and "local_cpu" not in cmd
+    # without --jobs: Hydra's basic launcher, one job after another
+    assert reproduce.main(["grid", "--scale", "cpu", "--dry-run", "--runs-root", str(tmp_path)]) == 0
+    cmd = next(line for line in capsys.readouterr().out.splitlines() if "zoneout.train" in line)
+    assert "hydra/launcher" not in cmd and "max_batch_size" not in cmd and "OMP_NUM_THREADS" not in cmd
 
 
 def test_collect_rejects_unknown_table_names(tmp_path, capsys):

@@ -128,8 +128,8 @@ def _tiny_sweep(tmp_path, params, run_name=None):
     return d
 
 
-def _reproduce(tmp_path, sweep_dir, extra, env=None):
-    cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "char_ptb", "--scale", "cpu",
+def _reproduce(tmp_path, sweep_dir, extra, env=None, opts=()):
+    cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "char_ptb", "--scale", "cpu", *opts,
            "--sweep-dir", str(sweep_dir), "--runs-root", str(tmp_path / "runs"), "--collect-from",
            str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"), "--readme", "", "--", *extra]
     # a private data dir: the stdlib corpus is prepared there, untouched by other tests running at the same time
@@ -142,8 +142,9 @@ def _reproduce(tmp_path, sweep_dir, extra, env=None):
 def test_two_job_sweep_through_submitit_local_launcher(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher not installed")
     sweep_dir = _tiny_sweep(tmp_path, {"experiment": "char_ptb/lstm_baseline,char_ptb/lstm_zoneout", "seed": "1"})
-    p = _reproduce(tmp_path, sweep_dir, ["hydra/launcher=local_cpu"])
+    p = _reproduce(tmp_path, sweep_dir, [], opts=["--jobs", "2"])  # = hydra/launcher=local_cpu, 2 at a time
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "hydra/launcher=local_cpu hydra.sweeper.max_batch_size=2" in p.stdout
     runs = sorted((tmp_path / "runs" / "cpu").glob("char_ptb/*/seed1/metrics.json"))
     assert [r.parent.parent.name for r in runs] == ["lstm_baseline", "lstm_zoneout"]
     assert all(json.loads(r.read_text())["status"] == "completed" for r in runs)
@@ -153,7 +154,7 @@ def test_two_job_sweep_through_submitit_local_launcher(tmp_path):
     md = (tmp_path / "results" / "char_ptb.md").read_text()
     assert md.count("| cpu | `experiment=char_ptb/") == 2
     # the same command again finds both jobs finished and launches nothing
-    p2 = _reproduce(tmp_path, sweep_dir, ["hydra/launcher=local_cpu"])
+    p2 = _reproduce(tmp_path, sweep_dir, [], opts=["--jobs", "2"])
     assert "2 jobs (2 already finished, 0 to run)" in p2.stdout
 
 

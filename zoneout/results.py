@@ -583,7 +583,8 @@ def grid_markdown(groups: list[Group], sweep: Sweep | None, plots: dict[str, str
         desc = (sweep.scales.get(scale, {}) if sweep else {}).get("description")
         if desc:
             out += [str(desc).strip(), ""]
-        out += [f"Reproduce: `python scripts/reproduce.py grid --scale {scale}`.", "",
+        out += [f"Reproduce: `python scripts/reproduce.py grid --scale {scale}`.",
+                *_provenance([g for g in groups if g.scale == scale]), "",
                 f"Validation {metric.upper()}, mean over seeds (n). Rows z_c, columns z_h.", "",
                 "| z_c \\ z_h | " + " | ".join(f"{h:g}" for h in zhs) + " |",
                 "|---" * (len(zhs) + 1) + "|"]
