@@ -13,7 +13,7 @@ MIRROR_ARG = $(if $(MIRROR),--mirror $(MIRROR),)
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast demo data data-ptb data-text8 data-enwik8 data-mnist data-fashion-mnist \
         reproduce-char_ptb reproduce-word_ptb reproduce-text8 reproduce-pmnist reproduce-enwik8 reproduce-grid \
-        results bench reliability smoke-datasets
+        results bench bench-gpu reliability smoke-datasets
 
 help: ## list the targets (hardware and time each assumes are stated per target)
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -75,6 +75,9 @@ results: install ## collect every finished run -> results/*.md, runs.csv, plots,
 
 bench: install ## speed benchmark: zoneout layers vs torch.nn.LSTM/GRU (ratios, 15 interleaved reps) -> results/bench.md (~6 min)
 	$(PYTHON) scripts/bench.py --reps 15 --threads 1 --out results/bench
+
+bench-gpu: install ## the same benchmark on the GPU (needs CUDA): zoneout layers vs cuDNN nn.LSTM/GRU -> results/bench_gpu.md (~2 min)
+	$(PYTHON) scripts/bench.py --device cuda --reps 15 --out results/bench_gpu
 
 reliability: install ## provoke every failure scenario (kill -9, preemption, NaN, full disk, bad configs/data; ~1.5 min) -> results/reliability.md
 	$(PYTHON) scripts/reliability_report.py

@@ -1,7 +1,8 @@
 """Benchmark: zoneout layers (fused kernels) vs torch's own LSTM/GRU vs the reference Python loop.
 
-Issue 6's targets, measured on whatever machine runs this (CPU; the GPU row says "not measured"
-unless CUDA is present). A *training step* is embedding -> recurrent layer -> linear -> cross-entropy
+Issue 6's targets, measured on whatever machine runs this: ``--device cpu`` (default; the report's GPU line
+says "not measured") or ``--device cuda`` (every variant on the GPU against cuDNN's ``nn.LSTM``/``nn.GRU``,
+timed with ``torch.cuda.synchronize``, peak memory from ``torch.cuda.max_memory_allocated``). A *training step* is embedding -> recurrent layer -> linear -> cross-entropy
 -> backward, with zoneout masks drawn fresh inside every step (so their cost is counted). Variants
 of one shape run in the same process, with the same threads, interleaved in a shuffled order in
 every repetition; the ratio to torch is taken per repetition and summarised by median and IQR.
@@ -10,6 +11,7 @@ sampled every 0.5 ms, glibc mmap threshold fixed so freed tensors leave RSS; see
 
     python scripts/bench.py                       # writes results/bench.md and results/bench.json
     python scripts/bench.py --reps 3 --shapes A   # quick look, prints only (no --out)
+    python scripts/bench.py --device cuda --out results/bench_gpu   # on a GPU machine (make bench-gpu)
 """
 from __future__ import annotations
 
@@ -71,14 +73,23 @@ def build(variant: str, s: dict) -> nn.Module:
         "zoneout_gru_reference": lambda: ZoneoutGRU(E, H, L, zoneout_h=Z_H_GRU, backend="reference"),
     }[variant]()
     torch.manual_seed(0)
-    return LM(rnn, s)
+    return LM(rnn, s).to(DEVICE)
+
+
+#: where every variant runs (``--device``); the CPU report is the default
+DEVICE = torch.device("cpu")
 
 
 def batch(s: dict):
     g = torch.Generator().manual_seed(1)
     x = torch.randint(s["V"], (s["T"], s["B"]), generator=g)
     y = torch.randint(s["V"], (s["T"], s["B"]), generator=g)
-    return x, y
+    return x.to(DEVICE), y.to(DEVICE)
+
+
+def _sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def train_step(model, x, y):
@@ -95,8 +106,10 @@ def eval_step(model, x, y):
 
 
 def time_once(fn) -> float:
+    _sync()
     t0 = time.perf_counter()
     fn()
+    _sync()  # CUDA work is asynchronous: time until it has finished
     return time.perf_counter() - t0
 
 
@@ -167,6 +180,24 @@ print(json.dumps({{"peak_step_mb": (max(peak[0], rss()) - base) / 2**20}}))
 """
 
 
+def peak_memory_cuda(shape: str, variant: str) -> float:
+    """MB by which ONE training step raises the CUDA allocator's peak above the memory held before it."""
+    s = SHAPES[shape]
+    m = build(variant, s)
+    train_step(m, *batch(dict(s, T=2, B=2)))
+    m.zero_grad(set_to_none=False)
+    x, y = batch(s)
+    _sync()
+    torch.cuda.reset_peak_memory_stats(DEVICE)
+    base = torch.cuda.memory_allocated(DEVICE)
+    train_step(m, x, y)
+    _sync()
+    peak = torch.cuda.max_memory_allocated(DEVICE)
+    del m
+    torch.cuda.empty_cache()
+    return (peak - base) / 2 ** 20
+
+
 def peak_memory(shape: str, variant: str, threads: int) -> float:
     """MB by which ONE training step raises resident memory above the state just before it.
 
@@ -182,6 +213,8 @@ def peak_memory(shape: str, variant: str, threads: int) -> float:
 
 
 def hardware() -> str:
+    if DEVICE.type == "cuda":
+        return torch.cuda.get_device_name(DEVICE)
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -202,6 +235,7 @@ def main(argv=None):
     ap.add_argument("--reference-reps", type=int, default=3, help="repetitions of the slow reference loop")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where every variant runs")
     ap.add_argument("--out", default=None, help="write <out>.md and <out>.json (e.g. results/bench)")
     ap.add_argument("--render", default=None, metavar="JSON", help="only re-render <JSON>'s markdown next to it")
     args = ap.parse_args(argv)
@@ -209,6 +243,16 @@ def main(argv=None):
         rep = json.loads(Path(args.render).read_text())
         Path(args.render).with_suffix(".md").write_text(to_markdown(rep))
         return
+    global DEVICE
+    try:
+        DEVICE = torch.device(args.device)
+    except RuntimeError:
+        ap.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    if DEVICE.type not in ("cpu", "cuda"):
+        ap.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False); "
+                 "run on a GPU machine, or without --device for the CPU report")
     torch.set_num_threads(args.threads)
     ext = kernels.extension_loaded()
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
@@ -236,7 +280,8 @@ def main(argv=None):
     if not args.no_memory:
         for name in shapes:
             for v in ("torch_lstm", "zoneout_lstm_fused"):
-                memory[f"{name}/{v}"] = peak_memory(name, v, args.threads)
+                memory[f"{name}/{v}"] = (peak_memory_cuda(name, v) if DEVICE.type == "cuda"
+                                         else peak_memory(name, v, args.threads))
             print("  memory", name, memory[f"{name}/torch_lstm"], memory[f"{name}/zoneout_lstm_fused"], flush=True)
     meta = {
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -253,6 +298,7 @@ def main(argv=None):
         "seconds": round(time.time() - t_start, 1),
         "rates": {"lstm": {"zoneout_c": Z_C, "zoneout_h": Z_H}, "gru": {"zoneout_h": Z_H_GRU}},
         "cuda": torch.cuda.is_available(),
+        "device": DEVICE.type,
     }
     report = {"meta": meta, "shapes": SHAPES, "rows": rows, "peak_step_mb": memory}
     md = to_markdown(report)
@@ -269,16 +315,22 @@ def _spread(rep: dict) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-# issue 6's CPU targets: (measurement, variant, shapes, bound on the median ratio to torch)
-TARGETS = [("LSTM train step", "zoneout_lstm_fused", "ABC", 1.15), ("GRU train step", "zoneout_gru_fused", "A", 0.9),
-           ("LSTM eval forward", "zoneout_lstm_fused", "ABC", 1.15)]
+# issue 6's targets: (measurement, variant, shapes, bound on the median ratio to torch), per device
+TARGETS = {
+    "cpu": [("LSTM train step", "zoneout_lstm_fused", "ABC", 1.15), ("GRU train step", "zoneout_gru_fused", "A", 0.9),
+            ("LSTM eval forward", "zoneout_lstm_fused", "ABC", 1.15)],
+    "cuda": [("LSTM train step", "zoneout_lstm_fused", "ABC", 1.2)],
+}
+GPU_MIN_SPEEDUP = 3.0  # on GPU the shipped layer must also beat the reference Python loop by this factor
 
 
 def _targets(rep: dict) -> list:
-    """Lines of a table: each CPU target of issue 6 against the median ratio measured above."""
-    L = ["", "Targets of issue 6 on this run (median ratio of the shipped layer; met = median within the bound):", "",
+    """Lines of a table: each target of issue 6 for this device against the median ratio measured above."""
+    device = rep["meta"].get("device", "cpu")
+    L = ["", f"Targets of issue 6 on this run ({'GPU' if device == 'cuda' else 'CPU'}; median ratio of the shipped "
+         "layer; met = median within the bound):", "",
          "| target | shape | bound | median ratio (IQR) | met |", "|---|---|---|---|---|"]
-    for what, variant, shapes, bound in TARGETS:
+    for what, variant, shapes, bound in TARGETS[device]:
         for row in rep["rows"]:
             r = row["res"].get(variant)
             if row["what"] != what or row["shape"] not in shapes or r is None or r["ratio"] is None:
@@ -286,6 +338,14 @@ def _targets(rep: dict) -> list:
             med = r["ratio"]["median"]
             L.append(f"| {what} | {row['shape']} | ≤ {bound}× | {fmt_ratio(r['ratio'])} | "
                      f"{'yes' if med <= bound else '**no**'} |")
+    if device == "cuda":
+        for row in rep["rows"]:
+            fused, ref = row["res"].get("zoneout_lstm_fused"), row["res"].get("zoneout_lstm_reference")
+            if row["what"] != "LSTM train step" or not fused or not ref:
+                continue
+            speedup = ref["ms"]["median"] / fused["ms"]["median"]
+            L.append(f"| LSTM train step, speed-up over the reference loop | {row['shape']} | ≥ {GPU_MIN_SPEEDUP:g}× | "
+                     f"{speedup:.2f}× | {'yes' if speedup >= GPU_MIN_SPEEDUP else '**no**'} |")
     mem = rep.get("peak_step_mb") or {}
     for name in rep["shapes"]:
         a, b = mem.get(f"{name}/torch_lstm"), mem.get(f"{name}/zoneout_lstm_fused")
@@ -297,8 +357,9 @@ def _targets(rep: dict) -> list:
 
 def to_markdown(rep: dict) -> str:
     m = rep["meta"]
+    gpu = m.get("device", "cpu") == "cuda"
     L = [
-        "# Benchmark: fused zoneout kernels vs torch (issue 6)",
+        "# Benchmark: fused zoneout kernels vs torch (issue 6)" + (", GPU" if gpu else ""),
         "",
         f"Generated by `{m['command']}` on {m['generated']} (file written by the script; do not edit).",
         "",
@@ -316,7 +377,11 @@ def to_markdown(rep: dict) -> str:
         f"GRU z_h={m['rates']['gru']['zoneout_h']}). torch baselines have no zoneout. "
         "Ratio = time / torch time in the same repetition: median (IQR) over the repetitions.",
         "",
-        "Variants: `torch_*` = `torch.nn.LSTM`/`GRU` (oneDNN RNN on CPU), no zoneout; `zoneout_*_fused` = "
+        f"Device: **{'CUDA (' + m['hardware'] + ')' if gpu else 'CPU'}**; every variant runs there"
+        + (" (each timing waits for the GPU: `torch.cuda.synchronize` before and after)." if gpu else "."),
+        "",
+        "Variants: `torch_*` = `torch.nn.LSTM`/`GRU` (" + ("cuDNN" if gpu else "oneDNN RNN on CPU") + "), no zoneout; "
+        "`zoneout_*_fused` = "
         "`zoneout.ZoneoutLSTM`/`GRU(backend=\"fused\")` as shipped (masks drawn with `zoneout.kernels.keep_mask`, "
         "input projection through `zoneout.kernels.input_projection`, per-step products in `small_gemm.h`'s "
         f"{m.get('gemm_tile', 'register')} tile); "
@@ -338,7 +403,13 @@ def to_markdown(rep: dict) -> str:
                 f"{fmt_ratio(r['ratio']) if v != res['_base'] else '1 (baseline)'} | {r['reps']} |"
             )
     L += _targets(rep)
-    if rep["peak_step_mb"]:
+    if rep["peak_step_mb"] and gpu:
+        L += ["", "Peak memory of one training step: `torch.cuda.max_memory_allocated` during the step minus the memory "
+              "allocated just before it; MB:", "", "| shape | torch_lstm | zoneout_lstm_fused | ratio |", "|---|---|---|---|"]
+        L += [f"| {n} | {rep['peak_step_mb'][n + '/torch_lstm']:.1f} | {rep['peak_step_mb'][n + '/zoneout_lstm_fused']:.1f} | "
+              f"{rep['peak_step_mb'][n + '/zoneout_lstm_fused'] / rep['peak_step_mb'][n + '/torch_lstm']:.2f}× |"
+              for n in rep["shapes"] if n + "/torch_lstm" in rep["peak_step_mb"]]
+    elif rep["peak_step_mb"]:
         L += ["", "Peak memory of one training step: growth of resident memory (RSS sampled every 0.5 ms) during "
               "one step over the state just before it, fresh subprocess per variant, glibc mmap threshold fixed at "
               "128 KiB so freed tensors leave RSS; MB (includes allocator overhead, ~±1 MB):", "",
@@ -348,9 +419,12 @@ def to_markdown(rep: dict) -> str:
             b = rep["peak_step_mb"].get(f"{name}/zoneout_lstm_fused")
             if a is not None:
                 L.append(f"| {name} | {a:.1f} | {b:.1f} | {b / a:.2f}× |")
-    L += ["", "GPU (≤ 1.2× cuDNN target): " + ("see rows above run with CUDA" if m["cuda"] else
-          "**not measured yet** — no GPU on the machine that generated this file; the kernels have no "
-          "GPU-specific path (on CUDA tensors they run the pure-PyTorch fused path).")]
+    if not gpu:
+        L += ["", "GPU (≤ 1.2× cuDNN target): **not measured yet** — this file was measured on the CPU"
+              + ("" if m.get("cuda") else " of a machine without a GPU")
+              + ". The kernels have no GPU-specific path: on CUDA tensors the layers run the pure-PyTorch twin of the "
+              "fused kernels (one autograd node per sequence, a Python loop over time steps). "
+              "`make bench-gpu` on a GPU machine measures it and writes `results/bench_gpu.md`."]
     return "\n".join(L) + "\n"
 
 
