@@ -21,7 +21,8 @@ EXPECTED = {
     "text8": {"lstm_baseline", "lstm_weight_noise", "lstm_norm_stabilizer", "lstm_stochastic_depth",
               "lstm_recurrent_dropout", "lstm_zoneout"},
     "pmnist": {"lstm_baseline", "lstm_recurrent_dropout", "lstm_zoneout", "bnlstm", "bnlstm_zoneout"},
-    "enwik8": {"lstm_baseline", "lstm_zoneout"},
+    "enwik8": {"lstm_baseline", "lstm_weight_noise", "lstm_norm_stabilizer", "lstm_stochastic_depth",
+               "lstm_recurrent_dropout", "lstm_zoneout"},
 }
 
 

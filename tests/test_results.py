@@ -183,7 +183,7 @@ def test_no_runs_leaves_a_placeholder(tmp_path):
 
 
 # ------------------------------------------------------------------------------ reproduce.py (no training)
-TABLE_JOBS = {"char_ptb": 12, "word_ptb": 10, "text8": 12, "pmnist": 10, "enwik8": 4}
+TABLE_JOBS = {"char_ptb": 12, "word_ptb": 10, "text8": 12, "pmnist": 10, "enwik8": 12}
 
 
 @pytest.mark.parametrize("table", sorted(TABLE_JOBS) + ["grid"])
