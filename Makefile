@@ -8,7 +8,11 @@ SEEDS ?=
 JOBS ?=
 LOCAL_FILE ?=
 PYTEST_ARGS ?=
+DRY_RUN ?=
 MIRROR_ARG = $(if $(MIRROR),--mirror $(MIRROR),)
+# every reproduce-<table> target: SCALE=paper|cpu, SEEDS=1,2,3, JOBS=N (N runs at a time), DRY_RUN=1 (print the plan)
+REPRO_ARGS = --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(if $(JOBS),--jobs $(JOBS),) $(if $(DRY_RUN),--dry-run,) $(MIRROR_ARG)
+LOCAL_ARG = $(if $(LOCAL_FILE),-- data.local_file=$(LOCAL_FILE),)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast demo data data-ptb data-text8 data-enwik8 data-mnist data-fashion-mnist \
@@ -32,7 +36,7 @@ install: ## install the package and test tools (CPU torch 2.13.0 only if no torc
 test: install ## run the offline CPU test suite (~4-10 min on 2 cores)
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
-demo: install ## train a small zoneout LSTM and an unregularized one on CPU (~2-4 min on 2 cores, first use compiles the kernels), print BPC side by side; DATA=stdlib|ptb_char
+demo: install ## train a small zoneout LSTM and an unregularized one on CPU (~3-8 min on 2 cores, first use compiles the kernels), print BPC side by side; DATA=stdlib|ptb_char
 	$(PYTHON) scripts/demo.py --data $(DATA)
 
 data: data-ptb data-text8 data-enwik8 data-mnist ## download + verify + prepare every corpus (needs network or MIRROR=...)
@@ -53,22 +57,22 @@ data-fashion-mnist: install ## Fashion-MNIST, same format as MNIST (offline stan
 	$(PYTHON) scripts/download_data.py fashion_mnist $(MIRROR_ARG)
 
 reproduce-enwik8: install ## enwik8 extension (not in the paper): paper scale = 1 GPU, ~1 day per run; SCALE=cpu: 2 cores, the first 4 MB of enwik8 (or LOCAL_FILE=<a copy of them>), ~10 min
-	$(PYTHON) scripts/reproduce.py enwik8 --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(if $(JOBS),--jobs $(JOBS),) $(MIRROR_ARG) $(if $(LOCAL_FILE),-- data.local_file=$(LOCAL_FILE),)
+	$(PYTHON) scripts/reproduce.py enwik8 $(REPRO_ARGS) $(LOCAL_ARG)
 
-reproduce-char_ptb: install ## Table 1 char-PTB, 6 rows x 2 seeds: paper scale = 1 GPU, ~3-6 h per run; SCALE=cpu: 2 cores, <1 h
-	$(PYTHON) scripts/reproduce.py char_ptb --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(if $(JOBS),--jobs $(JOBS),) $(MIRROR_ARG)
+reproduce-char_ptb: install ## Table 1 char-PTB, 6 rows x 2 seeds: paper scale = 1 GPU, ~3-6 h per run; SCALE=cpu JOBS=2: 2 cores, ~15-20 min
+	$(PYTHON) scripts/reproduce.py char_ptb $(REPRO_ARGS)
 
-reproduce-word_ptb: install ## Table 1 word-PTB (perplexity): paper scale = 1 GPU, ~2-4 h per run; SCALE=cpu: 2 cores, <1 h
-	$(PYTHON) scripts/reproduce.py word_ptb --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(if $(JOBS),--jobs $(JOBS),) $(MIRROR_ARG)
+reproduce-word_ptb: install ## Table 1 word-PTB (perplexity), 5 rows x 2 seeds: paper scale = 1 GPU, ~2-4 h per run; SCALE=cpu JOBS=2: 2 cores, ~40 min
+	$(PYTHON) scripts/reproduce.py word_ptb $(REPRO_ARGS)
 
 reproduce-text8: install ## Table 1 text8: paper scale = 1 GPU, ~1 day per run; SCALE=cpu: 2 cores, the first 3 MB of text8 (or LOCAL_FILE=<a copy of them>), <1 h
-	$(PYTHON) scripts/reproduce.py text8 --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(if $(JOBS),--jobs $(JOBS),) $(MIRROR_ARG) $(if $(LOCAL_FILE),-- data.local_file=$(LOCAL_FILE),)
+	$(PYTHON) scripts/reproduce.py text8 $(REPRO_ARGS) $(LOCAL_ARG)
 
 reproduce-pmnist: install ## Table 2 permuted sequential MNIST: paper scale = 1 GPU, ~1 day per run; SCALE=cpu: 2 cores, <1 h
-	$(PYTHON) scripts/reproduce.py pmnist --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(if $(JOBS),--jobs $(JOBS),) $(MIRROR_ARG)
+	$(PYTHON) scripts/reproduce.py pmnist $(REPRO_ARGS)
 
 reproduce-grid: install ## Figure 3 z_c x z_h grid on char-PTB (valid BPC heatmap): paper scale = 1 GPU, ~3-6 h per cell; SCALE=cpu: 2 cores, ~10 min
-	$(PYTHON) scripts/reproduce.py grid --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS),) $(if $(JOBS),--jobs $(JOBS),) $(MIRROR_ARG)
+	$(PYTHON) scripts/reproduce.py grid $(REPRO_ARGS)
 
 results: install ## collect every finished run -> results/*.md, runs.csv, plots, README block (offline, seconds)
 	$(PYTHON) scripts/collect_results.py

@@ -2,7 +2,11 @@
 """Collect every finished run and regenerate results/: runs.csv, one <table>.md per table, plots, README block.
 
     python scripts/collect_results.py                       # results/runs/ + experiments/ -> results/, README block
-    python scripts/collect_results.py --runs experiments/reproduce --tables char_ptb pmnist
+    python scripts/collect_results.py --tables char_ptb pmnist   # only these tables' pages, plots and runs.csv lines
+    python scripts/collect_results.py --runs /tmp/my_runs --out /tmp/my_results   # elsewhere; README left alone
+
+The README's results block is rewritten only by a whole collection into results/ from the default run folders
+(or when --readme is given): a collection of some runs or some tables must not drop the others from it.
 
 Offline and deterministic: the same run folders give byte-identical files (see zoneout/results.py).
 """
@@ -25,7 +29,8 @@ def main(argv=None) -> int:
                         "the committed tables; a run found in both counts once)")
     p.add_argument("--out", default="results", help="output folder")
     p.add_argument("--sweeps", default="configs/sweep", help="sweep files (table titles, row order, scales)")
-    p.add_argument("--readme", default="README.md", help="README with the results markers ('' = leave alone)")
+    p.add_argument("--readme", default=None, help="README with the results markers (default: README.md, and only "
+                   "for a whole collection of the default --runs into results/; '' = leave alone)")
     p.add_argument("--tables", nargs="*", default=None, help="only these tables (default: every table found)")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
@@ -42,9 +47,19 @@ def main(argv=None) -> int:
         unknown = [t for t in args.tables if t not in known]
         if unknown:
             p.error(f"--tables: unknown table(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    readme = args.readme if args.readme and Path(args.readme).is_file() else None
-    written = write_results(args.runs, out_dir=args.out, sweep_dir=args.sweeps, readme=readme,
-                            plots=not args.no_plots, tables=args.tables)
+    if args.readme is None:   # only a whole collection into results/ speaks for every table
+        whole = not explicit and args.tables is None and Path(args.out).resolve() == Path("results").resolve()
+        args.readme = "README.md" if whole else ""
+    elif args.readme and not Path(args.readme).is_file():
+        p.error(f"--readme: no such file: {args.readme}")
+    elif args.readme and args.tables is not None:
+        p.error("--readme with --tables: the README block shows every table; collect them all (no --tables)")
+    readme = args.readme or None
+    try:
+        written = write_results(args.runs, out_dir=args.out, sweep_dir=args.sweeps, readme=readme,
+                                plots=not args.no_plots, tables=args.tables)
+    except ValueError as e:
+        p.error(f"{e} (--runs {' '.join(args.runs)})")
     for w in written:
         print(w)
     return 0

@@ -89,6 +89,23 @@ def job_status(run_dir: Path) -> str:
     return "partial" if (run_dir / "last.pt").is_file() else "missing"
 
 
+def planned_signature(job: dict[str, str], spec: dict, custom: list[str]) -> tuple[str, ...]:
+    """What a job computes, in the collector's terms (:attr:`zoneout.results.Run.signature`): the scale's
+    overrides, the job's swept keys other than experiment and seed, and the extra overrides that change it."""
+    words = [f"{k}={results._fmt_value(v)}" for k, v in (spec.get("overrides") or {}).items()]
+    words += [f"{k}={v}" for k, v in job.items() if k not in ("experiment", "seed")] + list(custom)
+    return tuple(sorted(results.normalize(w) for w in words if not results._neutral(w)))
+
+
+def settings_differ(run_dir: Path, want: tuple[str, ...]) -> list[str]:
+    """For a finished run folder: the overrides by which its settings differ from ``want`` ([] = the same)."""
+    run = results.load_run(run_dir)
+    if run is None:
+        return []
+    have = set(run.signature)
+    return sorted(set(want) ^ have)
+
+
 def local_mirrors() -> list[str]:
     """Offline copies next to the checkout (../shared/data and its sub-folders), when present."""
     shared = ROOT.parent / "shared" / "data"
@@ -150,7 +167,7 @@ def shell_quote(word: str) -> str:
 
 
 def build_command(table: str, scale: str, params: dict[str, list[str]], spec: dict, runs_root: str,
-                  pattern: str, extra: list[str]) -> list[str]:
+                  pattern: str, extra: list[str], folder: str | None = None) -> list[str]:
     # Hydra's submitit launcher pickles the task function; started as `python -m zoneout.train` that function
     # lives in __main__ and is pickled by value (which fails), so other launchers get an importing entry point.
     other_launcher = any(e.startswith("hydra/launcher=") and not e.endswith("=basic") for e in extra)
@@ -158,7 +175,7 @@ def build_command(table: str, scale: str, params: dict[str, list[str]], spec: di
     cmd = [sys.executable, *entry, "-m"]
     cmd += [f"{k}={','.join(v)}" for k, v in params.items()]
     cmd += [f"{k}={results._fmt_value(v)}" for k, v in (spec.get("overrides") or {}).items()]
-    base = f"{runs_root}/{scale}"
+    base = f"{runs_root}/{folder or scale}"
     cmd += [f"++meta.scale={scale}",
             f"run_dir='{base}/{pattern}'",
             f"hydra.sweep.dir={base}", f"hydra.sweep.subdir='{pattern}'",
@@ -212,18 +229,48 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     params = sweep_params(raw, args.seeds, spec)
     pattern = info.get("run_name", DEFAULT_RUN_NAME)
-    base = Path(args.runs_root) / args.scale
+    # Extra overrides that change what the jobs compute (a quick smoke run, another learning rate) make the runs
+    # something other than this scale: they get their own folders, and their records are not archived into
+    # results/runs, where they would replace the scale's committed runs.
+    custom = [e for e in extra if "=" in e and not e.startswith("-") and not results._neutral(e)]
+    folder = f"{args.scale}-custom" if custom else args.scale
+    base = Path(args.runs_root) / folder
+    if custom:
+        print(f"[reproduce] the overrides {' '.join(custom)} change the {args.scale} scale's settings: the runs go to "
+              f"{base}/ and are not archived into {Path(args.results_dir) / 'runs'} (tables list them as custom)",
+              flush=True)
 
     jobs = jobs_of(params)
     rdir = {id(job): base / run_name(pattern, job) for job in jobs}
     # A diverged run is deterministic (same seed, same data): it is not re-run unless --force.
     finished = ("completed", "diverged")
-    todo = [j for j in jobs if args.force or job_status(rdir[id(j)]) not in finished]
+    # A finished folder whose settings are not this plan's (the sweep file changed since, or it was made by hand)
+    # is neither reused nor archived; train.py would refuse to resume it, so it is not launched either.
+    stale = {}
+    for j in jobs:
+        if job_status(rdir[id(j)]) in finished:
+            diff = settings_differ(rdir[id(j)], planned_signature(j, spec, custom))
+            if diff:
+                stale[id(j)] = diff
+    todo = [j for j in jobs if id(j) not in stale and (args.force or job_status(rdir[id(j)]) not in finished)]
+    launcher = next((e.split("=", 1)[1] for e in extra if e.startswith("hydra/launcher=")), "basic")
+    if args.jobs > 1:
+        how = f"{args.jobs} at a time, one thread each, through Hydra's {launcher} launcher"
+    elif launcher != "basic":
+        how = f"through Hydra's {launcher} launcher"
+    else:
+        how = "one after another, each with every core (--jobs N / JOBS=N: N at a time)"
     print(f"[reproduce] {args.table} at {args.scale} scale: {len(jobs)} jobs "
-          f"({len(jobs) - len(todo)} already finished, {len(todo)} to run)"
-          f" — {spec.get('hardware', '?')}, expected {spec.get('time', '?')}", flush=True)
+          f"({len(jobs) - len(todo) - len(stale)} already finished, {len(todo)} to run"
+          + (f", {len(stale)} with other settings" if stale else "") + f"), run {how}", flush=True)
+    print(f"[reproduce] the sweep file says: {spec.get('hardware', '?')}; expected {spec.get('time', '?')}", flush=True)
     for job in todo:
         print(f"[reproduce]   {job_status(rdir[id(job)]):9s} {rdir[id(job)]}", flush=True)
+    for job in jobs:
+        if id(job) in stale:
+            print(f"[reproduce]   other settings: {rdir[id(job)]} finished with settings that differ from this "
+                  f"plan ({', '.join(stale[id(job)])}); skipped and not archived -- delete the folder to run the "
+                  f"job again, or pass --runs-root to run the plan elsewhere", file=sys.stderr, flush=True)
 
     datasets = spec.get("data", info.get("data", []))
     if args.dry_run:
@@ -246,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         if not pending:
             break
         for call_params in plan_calls(pending, params, whole=len(pending) == len(jobs)):
-            cmd = build_command(args.table, args.scale, call_params, spec, args.runs_root, pattern, extra)
+            cmd = build_command(args.table, args.scale, call_params, spec, args.runs_root, pattern, extra, folder)
             if args.data_dir:
                 cmd.append(f"data.data_dir={args.data_dir}")
             print("[reproduce] " + ("OMP_NUM_THREADS=" + env["OMP_NUM_THREADS"] + " " if env else "") + "python " + " ".join(shell_quote(c) for c in cmd[1:]), flush=True)
@@ -264,16 +311,18 @@ def main(argv: list[str] | None = None) -> int:
             break
         attempted |= progressed
 
-    done = [rdir[id(j)] for j in jobs if job_status(rdir[id(j)]) in finished]
-    archived = results.archive_runs(done, root=args.runs_root, archive=Path(args.results_dir) / "runs")
-    print(f"[reproduce] archived the records of {len(archived)} finished run(s) under "
-          f"{Path(args.results_dir) / 'runs'} (metrics, config, log; no checkpoints)", flush=True)
+    done = [rdir[id(j)] for j in jobs if id(j) not in stale and job_status(rdir[id(j)]) in finished]
+    if not custom:
+        archived = results.archive_runs(done, root=args.runs_root, archive=Path(args.results_dir) / "runs")
+        print(f"[reproduce] archived the records of {len(archived)} finished run(s) under "
+              f"{Path(args.results_dir) / 'runs'} (metrics, config, log; no checkpoints)", flush=True)
     if not args.no_collect:
         readme = args.readme if args.readme and Path(args.readme).is_file() else None
         written = results.write_results([Path(args.results_dir) / "runs", args.collect_from],
                                         out_dir=args.results_dir, sweep_dir=args.sweep_dir, readme=readme)
         print(f"[reproduce] wrote {', '.join(str(w) for w in written)}", flush=True)
-    missing = [rdir[id(j)] for j in todo if job_status(rdir[id(j)]) != "completed"]
+    missing = [rdir[id(j)] for j in todo if job_status(rdir[id(j)]) != "completed"] + \
+        [rdir[id(j)] for j in jobs if id(j) in stale]
     if missing:
         print(f"[reproduce] {len(missing)} job(s) did not complete: " + ", ".join(map(str, missing)), file=sys.stderr)
         return 1

@@ -372,3 +372,27 @@ def test_lstm_float32_gemm_tile_edges(ext_available, batch, hidden):
     ref_grads = torch.autograd.grad(sum((o * wt).sum() for o, wt in zip(ref, weights)), ref_params)
     for a, r in zip([*out, *grads], [*ref, *ref_grads]):
         torch.testing.assert_close(a, r.float(), rtol=1e-4, atol=5e-5)
+
+
+@pytest.mark.parametrize("cls", [ZoneoutLSTM, ZoneoutGRU, ZoneoutRNN])
+def test_double_backward_is_refused_by_the_fused_path_and_works_on_reference(path, cls):
+    """A gradient penalty (create_graph=True) through the fused kernels would silently lose its graph: it is
+    refused with the fix named; backend='reference' differentiates twice and agrees with torch's own layer."""
+    torch.manual_seed(0)
+    fused_layer = cls(I, H, zoneout_h=0.3, backend="fused").double()
+    x = torch.randn(T, B, I, dtype=F64, requires_grad=True)
+    out = fused_layer(x)[0]
+    with pytest.raises(RuntimeError, match="does not support double backward.*backend='reference'"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+    # single backward is unaffected
+    (gx,) = torch.autograd.grad(fused_layer(x)[0].sum(), x)
+    assert gx.shape == x.shape and torch.isfinite(gx).all()
+    # the reference loop with zoneout off equals torch's layer to second order
+    torch_cls = {ZoneoutLSTM: torch.nn.LSTM, ZoneoutGRU: torch.nn.GRU, ZoneoutRNN: torch.nn.RNN}[cls]
+    ref, theirs = cls(I, H, backend="reference").double(), torch_cls(I, H).double()
+    ref.load_state_dict(theirs.state_dict())
+    second = []
+    for m in (ref, theirs):
+        (g,) = torch.autograd.grad(m(x)[0].pow(2).sum(), x, create_graph=True)
+        second.append(torch.autograd.grad(g.pow(2).sum(), m.weight_hh_l0)[0])
+    torch.testing.assert_close(second[0], second[1], rtol=1e-9, atol=1e-10)

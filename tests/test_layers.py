@@ -327,6 +327,9 @@ def test_other_constructor_errors():
         ZoneoutLSTM(I, H, zoneout_c=0.5, zoneout_h=0.05, zoneout_shared_mask=True)
     with pytest.raises(TypeError, match=r"hx must be a tuple \(h_0, c_0\) of two tensors, got tuple of length 3"):
         ZoneoutLSTM(I, H)(torch.randn(T, B, I), (torch.zeros(1, B, H),) * 3)
+    for cls in (ZoneoutGRU, ZoneoutRNN):   # an LSTM-style (h, c) tuple given to a layer with one state
+        with pytest.raises(TypeError, match=f"{cls.__name__}: hx must be one tensor h_0 .* got tuple"):
+            cls(I, H)(torch.randn(T, B, I), (torch.zeros(1, B, H), torch.zeros(1, B, H)))
     for cls in (ZoneoutGRU, ZoneoutRNN):  # no cell state to share a mask with: refused, not ignored
         with pytest.raises(ValueError, match=f"zoneout_shared_mask=True .*{cls.__name__} has only h"):
             cls(I, H, zoneout_h=0.1, zoneout_shared_mask=True)

@@ -326,3 +326,36 @@ def test_committed_tables_regenerate_from_the_committed_run_records(tmp_path):
     if readme.read_text() != (ROOT / "README.md").read_text():
         differ.append("README.md")
     assert not differ, f"regenerating from results/runs changes {differ}; run `make results` and commit"
+
+
+def test_partial_collections_leave_the_other_tables_and_the_readme_alone(tmp_path, monkeypatch, capsys):
+    """`collect_results.py --tables T` rewrites only T's page, plots and runs.csv lines; a collection of other
+    run folders (or into another --out) leaves README.md alone; runs of no table write nothing."""
+    import collect_results
+    out = _generate(tmp_path)          # a whole collection: every table, the README block
+    csv_before = (out / "results/runs.csv").read_text()
+    readme_before = (out / "README.md").read_text()
+    md = {p.name: p.read_text() for p in (out / "results").glob("*.md")}
+    assert {"char_ptb.md", "grid.md"} <= set(md)
+    monkeypatch.chdir(out)
+    (out / "configs").mkdir()
+    shutil.copytree(FIX / "sweep", out / "configs" / "sweep")
+    # only grid's runs, only grid: the char_ptb page and csv lines stay, the README is not touched
+    grid_runs = [str(d) for d in (FIX / "experiments").rglob("metrics.json") if "grid" in str(d)]
+    assert grid_runs
+    (out / "results/char_ptb.md").write_text("char_ptb page, kept\n")
+    assert collect_results.main(["--runs", str(FIX / "experiments"), "--tables", "grid", "--no-plots"]) == 0
+    assert (out / "results/char_ptb.md").read_text() == "char_ptb page, kept\n"
+    char_lines = lambda text: [ln for ln in text.splitlines() if ln.startswith("char_ptb,")]  # noqa: E731
+    after = (out / "results/runs.csv").read_text()
+    assert char_lines(after) == char_lines(csv_before) and len(after.splitlines()) == len(csv_before.splitlines())
+    assert (out / "README.md").read_text() == readme_before
+    assert (out / "results/grid.md").read_text() == md["grid.md"]      # --no-plots kept the heatmap's link
+    # runs that belong to no table: refused, nothing written
+    lone = tmp_path / "lone" / "r"
+    lone.mkdir(parents=True)
+    (lone / "metrics.json").write_text('{"status": "completed"}')
+    with pytest.raises(SystemExit) as e:
+        collect_results.main(["--runs", str(tmp_path / "lone"), "--out", str(tmp_path / "o2")])
+    assert e.value.code == 2 and "belongs to a table" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists() and (out / "README.md").read_text() == readme_before

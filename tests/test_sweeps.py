@@ -159,6 +159,34 @@ def test_two_job_sweep_through_submitit_local_launcher(tmp_path):
 
 
 @pytest.mark.slow
+def test_overrides_that_change_the_scale_never_replace_its_archived_runs(tmp_path):
+    """A quick smoke run (`reproduce.py ... -- trainer.max_steps_per_epoch=1`) is not the scale: its runs go to
+    <scale>-custom/ and are not archived into results/runs; and a finished folder whose settings are not the plan's
+    (the sweep file changed since) is reported, not counted as done and not archived."""
+    sweep_dir = _tiny_sweep(tmp_path, {"experiment": "char_ptb/lstm_baseline", "seed": "1"})
+    p = _reproduce(tmp_path, sweep_dir, ["trainer.max_steps_per_epoch=1"])
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "change the cpu scale's settings" in p.stdout
+    assert (tmp_path / "runs" / "cpu-custom" / "char_ptb" / "lstm_baseline" / "seed1" / "metrics.json").is_file()
+    assert not (tmp_path / "runs" / "cpu").exists() and not (tmp_path / "results" / "runs").exists()
+    assert ",custom," in (tmp_path / "results" / "runs.csv").read_text()
+    # the real scale runs in its own folder and is archived
+    p = _reproduce(tmp_path, sweep_dir, [])
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    archived = tmp_path / "results" / "runs" / "cpu" / "char_ptb" / "lstm_baseline" / "seed1" / "metrics.json"
+    assert archived.is_file()
+    before = archived.read_bytes()
+    # the sweep file's settings change: the finished folder is stale, named, not re-archived, exit 1
+    sweep = yaml.safe_load((sweep_dir / "char_ptb.yaml").read_text())
+    sweep["sweep"]["scales"]["cpu"]["overrides"]["model.hidden_size"] = 24
+    (sweep_dir / "char_ptb.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
+    p = _reproduce(tmp_path, sweep_dir, [])
+    assert p.returncode == 1 and "1 jobs (0 already finished, 0 to run, 1 with other settings)" in p.stdout, p.stdout
+    assert "model.hidden_size=16" in p.stderr and "model.hidden_size=24" in p.stderr
+    assert archived.read_bytes() == before
+
+
+@pytest.mark.slow
 def test_optuna_sweeper_searches_the_rates_and_survives_failed_trials(tmp_path):
     """hydra/sweeper=optuna_zoneout really runs: z_h sampled from the config's interval, z_c from a choice in which
     1.5 is invalid (those trials fail with a config error and leave no run folder). The failed trials are told to

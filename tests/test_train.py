@@ -367,6 +367,12 @@ def test_cli_ctrl_c_checkpoints_then_stops(tmp_path, stdlib_dir):
     assert "Traceback" not in err and "interrupted: received SIGINT" in err and f"trainer.resume={run}" in err
     assert load_checkpoint(run / "last.pt")["loop"]["position"] >= 3 and not (run / "metrics.json").exists()
     assert not (run / ".lock").exists()
+    # trainer.resume alone (without the original overrides) is refused with the command that started the run
+    p = _cli([f"trainer.resume={run}"])
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == zt.CONFIG_ERROR_EXIT_CODE and "Traceback" not in err, err
+    assert f"trainer.resume={run}: that run was started with other settings" in err
+    assert "python -m zoneout.train data=stdlib" in err and "model.hidden_size=16" in err
 
 
 @reliability(failure='run_dir or data.data_dir names an existing file; data not prepared; a misspelled key; '

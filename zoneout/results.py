@@ -636,6 +636,12 @@ def runs_csv(groups_by_table: dict[str, list[Group]]) -> str:
     return buf.getvalue()
 
 
+def _csv_order(line: str) -> tuple:
+    """runs.csv line order when lines of several collections are merged: table order, then as runs_csv writes."""
+    t = next(csv.reader([line]))[0]
+    return (TABLE_ORDER.index(t) if t in TABLE_ORDER else len(TABLE_ORDER), t)
+
+
 def _csv(x: Any) -> str:
     if x is None:
         return ""
@@ -802,16 +808,30 @@ def write_results(runs_roots: Iterable[str | Path] = (ARCHIVE, "experiments"), o
                   ) -> list[Path]:
     """Collect runs and (re)write runs.csv, <table>.md, plots and the README block. Returns written files.
 
-    ``tables`` limits which <table>.md and plots are rewritten; runs.csv and the README block always cover
-    every run found.
+    ``tables`` limits what is rewritten to those tables: their <table>.md and plots, their lines of runs.csv
+    (the other tables' lines are kept as they are); the README block, which shows every table, is then left alone.
+    ``plots=False`` draws nothing but keeps the links to plots that exist. No runs at all: placeholders. Runs of
+    which none belongs to a table (to be written): ValueError, nothing written.
     """
     out_dir = Path(out_dir)
     sweeps = load_sweeps(sweep_dir)
+    runs_roots = list(runs_roots)
     runs = collect(runs_roots, base=base)
     grouped = group_runs(runs, sweeps)
+    if tables is not None:
+        grouped = {t: g for t, g in grouped.items() if t in set(tables)}
+    if not grouped and (tables is not None or find_run_dirs([r for r in runs_roots if Path(r).exists()])):
+        raise ValueError("none of the runs found belongs to " + (f"the tables {', '.join(tables)}" if tables is not None
+                         else "a table (a row file's meta.table)") + "; nothing was written")
     written = []
     csv_path = out_dir / "runs.csv"
-    _write(csv_path, runs_csv(grouped))
+    text = runs_csv(grouped)
+    if tables is not None and csv_path.is_file():   # keep the other tables' lines
+        kept = [line for line in csv_path.read_text().splitlines()[1:]
+                if line and next(csv.reader([line]))[0] not in set(tables)]
+        lines = text.splitlines()
+        text = "\n".join([lines[0]] + sorted(kept + lines[1:], key=_csv_order)) + "\n"
+    _write(csv_path, text)
     written.append(csv_path)
     for table, groups in grouped.items():
         if tables is not None and table not in set(tables):
@@ -825,15 +845,16 @@ def write_results(runs_roots: Iterable[str | Path] = (ARCHIVE, "experiments"), o
             path = out_dir / "plots" / name
             made = plots and (plot_heatmap(gs, path, f"{title} ({scale} scale)") if table == "grid"
                               else plot_curves(gs, path, f"{title} ({scale} scale)"))
-            if made:
+            if made or (not plots and path.is_file()):   # --no-plots keeps the link to the plot already there
                 plot_links[scale] = f"plots/{name}"
-                written.append(path)
+                if made:
+                    written.append(path)
         md = grid_markdown(groups, sweep, plot_links) if table == "grid" else \
             table_markdown(table, groups, sweep, plot_links)
         md_path = out_dir / f"{table}.md"
         _write(md_path, md)
         written.append(md_path)
-    if readme is not None and Path(readme).is_file():
+    if readme is not None and Path(readme).is_file() and tables is None:   # the block shows every table
         rel = os.path.relpath(out_dir, Path(readme).parent)
         update_readme(readme, readme_block(grouped, sweeps, Path(rel).as_posix()))
         written.append(Path(readme))

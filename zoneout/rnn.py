@@ -548,6 +548,9 @@ class _ZoneoutRNNBase(nn.Module):
             if is_lstm and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
                 raise TypeError(f"{type(self).__name__}: hx must be a tuple (h_0, c_0) of two tensors, got "
                                 f"{type(hx).__name__}{f' of length {len(hx)}' if isinstance(hx, (tuple, list)) else ''}")
+            if not is_lstm and not isinstance(hx, Tensor):
+                raise TypeError(f"{type(self).__name__}: hx must be one tensor h_0 of shape "
+                                f"(num_layers * num_directions, batch, hidden_size), got {type(hx).__name__}")
             h0, c0 = hx if is_lstm else (hx, None)
             if not batched:
                 if h0.dim() != 2 or (is_lstm and c0.dim() != 2):

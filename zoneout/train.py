@@ -117,7 +117,8 @@ class Preempted(Exception):
 
     def __init__(self, signum: int, run_dir: Path, previous_handler: Any = None):
         super().__init__(f"received {signal.Signals(signum).name}: checkpoint written to {run_dir / 'last.pt'}; "
-                         f"run the same command (or trainer.resume={run_dir}) to continue")
+                         f"run the same command again to continue (with a default, timestamped run_dir: the same "
+                         f"command plus trainer.resume={run_dir})")
         self.signum = signum
         self.previous_handler = previous_handler
 
@@ -325,6 +326,18 @@ def _requeued_run_dir(base: Path) -> Optional[Path]:
     return None
 
 
+def _started_with(run_dir: Path) -> Optional[str]:
+    """The command line that started the run in ``run_dir`` (the first ``command:`` of its train.log), or None."""
+    try:
+        with open(run_dir / "train.log", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if "| command: " in line:
+                    return line.split("| command: ", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def claim_run_dir(cfg: TrainConfig, explicit: bool) -> Path:
     """The folder this run owns: trainer.resume, else run_dir. A default (timestamped) run_dir that another run
     already holds gets a numeric suffix; an explicit one holding a different run is an error. A requeued SLURM
@@ -361,8 +374,16 @@ def claim_run_dir(cfg: TrainConfig, explicit: bool) -> Path:
             diff = _differences(saved, cfg.to_dict())
             if diff:
                 (run_dir / ".lock").unlink(missing_ok=True)
-                problem = (f"run_dir {run_dir} holds a different run; it cannot be resumed with this config "
-                           f"(differs in {'; '.join(diff)}). Choose another run_dir.")
+                if cfg.trainer.resume:
+                    started = _started_with(run_dir)
+                    problem = (f"trainer.resume={cfg.trainer.resume}: that run was started with other settings "
+                               f"(differs in {'; '.join(diff)}). Resuming needs the run's own settings: repeat the "
+                               f"command that started it" + (f" ({started})" if started else "") +
+                               f" with trainer.resume={cfg.trainer.resume} added, or run that command unchanged "
+                               f"if it named this run_dir.")
+                else:
+                    problem = (f"run_dir {run_dir} holds a different run; it cannot be resumed with this config "
+                               f"(differs in {'; '.join(diff)}). Choose another run_dir.")
         if problem is None:
             job = cluster_job_id()
             if job:

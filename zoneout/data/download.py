@@ -35,7 +35,9 @@ class _Unavailable(Exception):
 
 
 def _fix(source: SourceSpec) -> str:
-    return f"run `make {source.make_target}` (or `python scripts/download_data.py {source.name} --mirror URL`)"
+    return (f"with a network, run `make {source.make_target}` again; offline, point it at a copy of the files: "
+            f"`make {source.make_target} MIRROR=file:///path/to/folder` (or `python scripts/download_data.py "
+            f"{source.name} --mirror URL`, or env ZONEOUT_MIRROR=URL)")
 
 
 # ------------------------------------------------------------------------------------------ verify

@@ -273,6 +273,14 @@ def _rnn_backward_py(dhs, dhT, h0, w_hh, hs, A, keep_h, update, p_h, training, r
 # ------------------------------------------------------------------------------------------------
 # autograd Functions (one node per sequence)
 # ------------------------------------------------------------------------------------------------
+def _no_double_backward(name: str) -> None:
+    """The hand-written BPTT below is not itself differentiable: under ``create_graph=True`` (a gradient of a
+    gradient) its results would silently carry no graph. Refuse instead, naming the way out."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"Zoneout{name}: the fused backend does not support double backward "
+                           "(backward/autograd.grad with create_graph=True, e.g. a gradient penalty); build the layer "
+                           "with backend='reference', whose Python loop autograd differentiates twice")
+
 class _LSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xw, h0, c0, w_hh, b_hh, keep_c, keep_h, update, p_c, p_h, training, cells):
@@ -291,6 +299,7 @@ class _LSTMFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dhs, dhT, dcT, *dcells):
+        _no_double_backward("LSTM")
         h0, c0, w_hh, hs, cs, G, TC, keep_c, keep_h, update = ctx.saved_tensors
         p_c, p_h, training, with_ext, has_b = ctx.args
         dcs = dcells[0].contiguous() if dcells and dcells[0] is not None else None
@@ -320,6 +329,7 @@ class _GRUFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dhs, dhT):
+        _no_double_backward("GRU")
         h0, w_hh, hs, HH, N, keep_h, update = ctx.saved_tensors
         p_h, training, with_ext, has_b = ctx.args
         args = (dhs.contiguous(), dhT.contiguous(), h0, w_hh, hs, HH, N, keep_h, update, p_h, training)
@@ -346,6 +356,7 @@ class _RNNFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dhs, dhT):
+        _no_double_backward("RNN")
         h0, w_hh, hs, A, keep_h, update = ctx.saved_tensors
         p_h, training, relu, with_ext, has_b = ctx.args
         args = (dhs.contiguous(), dhT.contiguous(), h0, w_hh, hs, A, keep_h, update, p_h, training, relu)
