@@ -103,8 +103,9 @@ def report(results: dict, run_dirs: dict) -> str:
         label = {"valid_bpc": "valid BPC (best, all)", "test_bpc": "test BPC (best, all)"}.get(key, key)
         lines.append(f"{label:24}" + "".join(f"{format(results[n][key], fmt):>{width}}" for n in names))
     lines.append("")
-    lines.append("Per-epoch valid BPC is measured on the first --eval-batches windows of the valid split (it picks the "
-                 "best epoch);\nthe best epoch's valid and test BPC ('all') on the whole splits.")
+    lines.append("Per-epoch valid BPC is measured on the first windows of the valid split only (scripts/demo.py "
+                 "--eval-batches; it picks the best epoch);\nthe best epoch's valid and test BPC ('all') on the "
+                 "whole splits.")
     lines += [f"run dir ({n}): {run_dirs[n]}" for n in names]
     return "\n".join(lines)
 
