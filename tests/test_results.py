@@ -140,6 +140,15 @@ def test_ordering_verdicts():
     line = results.ordering_line(flipped, only)
     assert f"among the paper's own rows ({cpu[2].row}, {cpu[0].row}; the other rows are for reference)" in line
     assert f"best here {cpu[0].row}" in line and cpu[1].row not in line.split(":", 1)[1]
+    # rows closer together than their seeds scatter: the verdict says it is within noise
+    assert "within noise" not in results.ordering_line(flipped, sweep)
+    for g, vs in zip(flipped, ((1.60, 1.70), (1.64, 1.62), (1.58, 1.66))):   # means 1.65, 1.63, 1.62; sd <= 0.071
+        g.runs = [dataclasses.replace(g.runs[0], seed=1), dataclasses.replace(g.runs[0], seed=2)]
+        for r, v in zip(g.runs, vs):
+            r.value = v
+    line = results.ordering_line(flipped, sweep)
+    assert "All these rows lie within 0.030 of each other, no more than the largest seed-to-seed sd (0.071): " \
+           "the ordering is within noise at this scale." in line
 
 
 def test_cpu_tables_say_they_are_scaled_down(tmp_path):

@@ -42,6 +42,8 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 NEUTRAL_KEYS = (
     "seed", "run_dir", "device", "experiment_name", "data.data_dir", "data.mirror", "data.local_file",
     "trainer.progress", "trainer.log_every_steps", "trainer.checkpoint_every_steps", "trainer.resume", "meta.scale",
+    # the same computation by another route (GPU algorithm choice; fused kernels == reference loop, tested)
+    "trainer.deterministic", "model.backend",
 )
 NEUTRAL_PREFIXES = ("hydra.", "hydra/", "logger.", "logger=", "+logger", "++logger", "meta.")
 
@@ -478,9 +480,16 @@ def ordering_line(groups: list[Group], sweep: Sweep | None) -> str:
     among = ""
     if sweep is not None and sweep.ordering_rows and len(done) < len([g for g in groups if g.stats()[2] > 0]):
         among = f" among the paper's own rows ({', '.join(g.row for g in done)}; the other rows are for reference)"
-    return (f"Paper's ordering (a {best_key} row best, the unregularized row worst) **{verdict}** "
+    line = (f"Paper's ordering (a {best_key} row best, the unregularized row worst) **{verdict}** "
             f"on test {best.metric.upper()}{among}: best here {best.row} ({fmt(best.stats()[0], best.metric)}), "
             f"worst here {worst.row} ({fmt(worst.stats()[0], worst.metric)}).")
+    # an ordering inside the seeds' own scatter says nothing: say so
+    sds = [g.stats()[1] for g in done if g.stats()[1] is not None]
+    spread = worst.stats()[0] - best.stats()[0]
+    if sds and spread <= max(sds):
+        line += (f" All these rows lie within {fmt(spread, best.metric)} of each other, no more than the largest "
+                 f"seed-to-seed sd ({fmt(max(sds), best.metric)}): the ordering is within noise at this scale.")
+    return line
 
 
 def _provenance(groups: list[Group]) -> list[str]:
