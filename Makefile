@@ -59,7 +59,7 @@ data-fashion-mnist: install ## Fashion-MNIST, same format as MNIST (offline stan
 reproduce-enwik8: install ## enwik8 extension (not in the paper): paper scale = 1 GPU, ~1 day per run; SCALE=cpu JOBS=2: 2 cores, the first 4 MB of enwik8 (or LOCAL_FILE=<a copy of them>), 6 rows x 2 seeds in ~12 min
 	$(PYTHON) scripts/reproduce.py enwik8 $(REPRO_ARGS) $(LOCAL_ARG)
 
-reproduce-char_ptb: install ## Table 1 char-PTB, 6 rows x 2 seeds: paper scale = 1 GPU, ~3-6 h per run; SCALE=cpu JOBS=2: 2 cores, ~15-20 min
+reproduce-char_ptb: install ## Table 1 char-PTB, 6 rows x 2 seeds: paper scale = 1 GPU, ~3-6 h per run; SCALE=cpu JOBS=2: 2 cores, ~8-20 min
 	$(PYTHON) scripts/reproduce.py char_ptb $(REPRO_ARGS)
 
 reproduce-word_ptb: install ## Table 1 word-PTB (perplexity), 5 rows x 2 seeds: paper scale = 1 GPU, ~2-4 h per run; SCALE=cpu JOBS=2: 2 cores, ~40 min
