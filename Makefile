@@ -77,7 +77,7 @@ reproduce-grid: install ## Figure 3 z_c x z_h grid on char-PTB (valid BPC heatma
 results: install ## collect every finished run -> results/*.md, runs.csv, plots, README block (offline, seconds)
 	$(PYTHON) scripts/collect_results.py
 
-bench: install ## speed benchmark: zoneout layers vs torch.nn.LSTM/GRU (ratios, 15 interleaved reps) -> results/bench.md (~6 min)
+bench: install ## speed benchmark: zoneout layers vs torch.nn.LSTM/GRU (ratios, 15 interleaved reps) -> results/bench.md (~2-6 min)
 	$(PYTHON) scripts/bench.py --reps 15 --threads 1 --out results/bench
 
 bench-gpu: install ## the same benchmark on the GPU (needs CUDA): zoneout layers vs cuDNN nn.LSTM/GRU -> results/bench_gpu.md (~2 min)
