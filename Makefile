@@ -65,7 +65,7 @@ reproduce-char_ptb: install ## Table 1 char-PTB, 6 rows x 2 seeds: paper scale =
 reproduce-word_ptb: install ## Table 1 word-PTB (perplexity), 5 rows x 2 seeds: paper scale = 1 GPU, ~2-4 h per run; SCALE=cpu JOBS=2: 2 cores, ~40 min
 	$(PYTHON) scripts/reproduce.py word_ptb $(REPRO_ARGS)
 
-reproduce-text8: install ## Table 1 text8: paper scale = 1 GPU, ~1 day per run; SCALE=cpu: 2 cores, the first 3 MB of text8 (or LOCAL_FILE=<a copy of them>), <1 h
+reproduce-text8: install ## Table 1 text8: paper scale = 1 GPU, ~1 day per run; SCALE=cpu: 2 cores, the first 3 MB of text8 (or LOCAL_FILE=<a copy of them>), 6 rows x 2 seeds, JOBS=2 ~10 min
 	$(PYTHON) scripts/reproduce.py text8 $(REPRO_ARGS) $(LOCAL_ARG)
 
 reproduce-pmnist: install ## Table 2 permuted sequential MNIST: paper scale = 1 GPU, ~1 day per run; SCALE=cpu JOBS=2: 2 cores, 3 LSTM rows x 2 seeds on MNIST's test set, ~30 min

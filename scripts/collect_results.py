@@ -34,8 +34,13 @@ def main(argv=None) -> int:
     p.add_argument("--tables", nargs="*", default=None, help="only these tables (default: every table found)")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
-    explicit = argv is not None and "--runs" in argv or "--runs" in sys.argv[1:]
+    explicit = args.runs != p.get_default("runs")
     roots = [Path(r) for r in args.runs]
+    sweeps = Path(args.sweeps)
+    if not sweeps.is_dir() or not any(sweeps.glob("*.yaml")):   # a typo must not regenerate tables without titles
+        p.error(f"--sweeps: {args.sweeps} is not a folder of sweep files (<table>.yaml); the default is configs/sweep")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        p.error(f"--out: {args.out} is a file, not a folder")
     missing = [str(r) for r in roots if not r.exists()]
     if explicit and missing:   # a typo must not regenerate (and empty) the committed tables
         p.error(f"--runs: no such folder: {', '.join(missing)}")
@@ -57,8 +62,8 @@ def main(argv=None) -> int:
     readme = args.readme or None
     try:
         written = write_results(args.runs, out_dir=args.out, sweep_dir=args.sweeps, readme=readme,
-                                plots=not args.no_plots, tables=args.tables)
-    except ValueError as e:
+                                plots=not args.no_plots, tables=args.tables, keep_other_tables=explicit)
+    except (ValueError, OSError) as e:
         p.error(f"{e} (--runs {' '.join(args.runs)})")
     for w in written:
         print(w)

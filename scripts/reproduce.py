@@ -83,9 +83,10 @@ def job_status(run_dir: Path) -> str:
     m = run_dir / "metrics.json"
     if m.is_file():
         try:
-            return json.loads(m.read_text()).get("status", "completed")
-        except json.JSONDecodeError:
+            record = json.loads(m.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return "partial"
+        return record.get("status", "completed") if isinstance(record, dict) else "partial"
     return "partial" if (run_dir / "last.pt").is_file() else "missing"
 
 
@@ -94,7 +95,12 @@ def planned_signature(job: dict[str, str], spec: dict, custom: list[str]) -> tup
     overrides, the job's swept keys other than experiment and seed, and the extra overrides that change it."""
     words = [f"{k}={results._fmt_value(v)}" for k, v in (spec.get("overrides") or {}).items()]
     words += [f"{k}={v}" for k, v in job.items() if k not in ("experiment", "seed")] + list(custom)
-    return tuple(sorted(results.normalize(w) for w in words if not results._neutral(w)))
+    last = {}   # a key given twice (the scale's value, then an extra override) keeps its last value, as Hydra does
+    for w in words:
+        if not results._neutral(w):
+            n = results.normalize(w)
+            last[n.split("=", 1)[0]] = n
+    return tuple(sorted(last.values()))
 
 
 def settings_differ(run_dir: Path, want: tuple[str, ...]) -> list[str]:
@@ -232,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     # Extra overrides that change what the jobs compute (a quick smoke run, another learning rate) make the runs
     # something other than this scale: they get their own folders, and their records are not archived into
     # results/runs, where they would replace the scale's committed runs.
-    custom = [e for e in extra if "=" in e and not e.startswith("-") and not results._neutral(e)]
+    custom = [e for e in extra if ("=" in e or e.startswith("~")) and not e.startswith("-") and not results._neutral(e)]
     folder = f"{args.scale}-custom" if custom else args.scale
     base = Path(args.runs_root) / folder
     if custom:
@@ -303,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             if rc != 0:
                 print(f"[reproduce] the sweep exited with {rc}", file=sys.stderr, flush=True)
         if args.dry_run:
-            return 0
+            break
         # Jobs that wrote a metrics.json (any status) were attempted; the rest were cut short by a job that
         # ended the sweep process: launch them again, one row at a time. Stop when a round makes no progress.
         progressed = {id(j) for j in pending if _mtime(rdir[id(j)] / "metrics.json") != before[id(j)]}
@@ -311,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             break
         attempted |= progressed
 
+    if args.dry_run:   # a plan only: nothing archived, collected or written, also when nothing is left to run
+        return 0
     done = [rdir[id(j)] for j in jobs if id(j) not in stale and job_status(rdir[id(j)]) in finished]
     if not custom:
         archived = results.archive_runs(done, root=args.runs_root, archive=Path(args.results_dir) / "runs")
@@ -318,8 +326,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{Path(args.results_dir) / 'runs'} (metrics, config, log; no checkpoints)", flush=True)
     if not args.no_collect:
         readme = args.readme if args.readme and Path(args.readme).is_file() else None
-        written = results.write_results([Path(args.results_dir) / "runs", args.collect_from],
-                                        out_dir=args.results_dir, sweep_dir=args.sweep_dir, readme=readme)
+        try:
+            written = results.write_results([Path(args.results_dir) / "runs", args.collect_from],
+                                            out_dir=args.results_dir, sweep_dir=args.sweep_dir, readme=readme)
+        except (ValueError, OSError) as e:
+            print(f"[reproduce] the runs finished, but the tables could not be written: {e}", file=sys.stderr)
+            return 2
         print(f"[reproduce] wrote {', '.join(str(w) for w in written)}", flush=True)
     missing = [rdir[id(j)] for j in todo if job_status(rdir[id(j)]) != "completed"] + \
         [rdir[id(j)] for j in jobs if id(j) in stale]

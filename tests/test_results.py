@@ -368,3 +368,48 @@ def test_partial_collections_leave_the_other_tables_and_the_readme_alone(tmp_pat
         collect_results.main(["--runs", str(tmp_path / "lone"), "--out", str(tmp_path / "o2")])
     assert e.value.code == 2 and "belongs to a table" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists() and (out / "README.md").read_text() == readme_before
+
+
+def test_planned_signature_keeps_the_last_value_of_a_key_and_one_float_spelling():
+    spec = {"overrides": {"trainer.max_epochs": 35, "optim.lr": "1e-3", "trainer.progress": False}}
+    job = {"experiment": "char_ptb/lstm_baseline", "seed": "1"}
+    sig = reproduce.planned_signature(job, spec, ["trainer.max_epochs=2", "++optim.lr=0.001"])
+    assert sig == ("optim.lr=0.001", "trainer.max_epochs=2")        # as Hydra records it: the last value wins
+    assert results.normalize("optim.lr=5e-4") == results.normalize("optim.lr=0.0005") == "optim.lr=0.0005"
+    assert results.normalize("data.mnist_source=test_split") == "data.mnist_source=test_split"
+
+
+def test_dry_run_writes_nothing_even_when_every_job_is_finished(tmp_path, capsys):
+    out = tmp_path / "res"
+    assert reproduce.main(["char_ptb", "--scale", "cpu", "--dry-run", "--runs-root", str(ROOT / "results" / "runs"),
+                           "--results-dir", str(out), "--readme", "", "--collect-from", str(tmp_path / "none")]) == 0
+    assert "12 jobs (12 already finished, 0 to run)" in capsys.readouterr().out
+    assert not out.exists()
+
+
+def test_collection_of_some_run_folders_keeps_the_other_tables(tmp_path, monkeypatch, capsys):
+    import collect_results
+    out = _generate(tmp_path)
+    before = (out / "results/runs.csv").read_text()
+    readme = (out / "README.md").read_text()
+    monkeypatch.chdir(out)
+    shutil.copytree(FIX / "sweep", out / "configs" / "sweep")
+    grid_only = FIX / "experiments" / "reproduce" / "cpu" / "grid"
+    assert grid_only.is_dir()
+    assert collect_results.main([f"--runs={grid_only}", "--no-plots"]) == 0   # --runs=... spelling too
+    after = (out / "results/runs.csv").read_text()
+    other = lambda text: [ln for ln in text.splitlines() if not ln.startswith("grid,")]  # noqa: E731
+    assert other(after) == other(before) and (out / "README.md").read_text() == readme
+    # a mistyped sweep folder, an --out that is a file, a corrupt metrics.json: one message each, nothing written
+    for argv, says in ((["--sweeps", "configs/sweeps"], "is not a folder of sweep files"),
+                       (["--out", "README.md"], "is a file, not a folder")):
+        with pytest.raises(SystemExit) as e:
+            collect_results.main(argv)
+        assert e.value.code == 2 and says in capsys.readouterr().err
+    bad = tmp_path / "bad" / "r"
+    bad.mkdir(parents=True)
+    (bad / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit) as e:
+        collect_results.main(["--runs", str(tmp_path / "bad"), "--out", str(tmp_path / "o3")])
+    assert e.value.code == 2 and "metrics.json: not a metrics.json (a JSON object expected" in capsys.readouterr().err
+    assert not (tmp_path / "o3").exists()

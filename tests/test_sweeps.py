@@ -170,6 +170,9 @@ def test_overrides_that_change_the_scale_never_replace_its_archived_runs(tmp_pat
     assert (tmp_path / "runs" / "cpu-custom" / "char_ptb" / "lstm_baseline" / "seed1" / "metrics.json").is_file()
     assert not (tmp_path / "runs" / "cpu").exists() and not (tmp_path / "results" / "runs").exists()
     assert ",custom," in (tmp_path / "results" / "runs.csv").read_text()
+    # the same custom command again finds its own run finished (the extra value replaced the scale's)
+    p = _reproduce(tmp_path, sweep_dir, ["trainer.max_steps_per_epoch=1"])
+    assert p.returncode == 0 and "1 jobs (1 already finished, 0 to run)" in p.stdout, p.stdout + p.stderr
     # the real scale runs in its own folder and is archived
     p = _reproduce(tmp_path, sweep_dir, [])
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

@@ -42,8 +42,9 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 NEUTRAL_KEYS = (
     "seed", "run_dir", "device", "experiment_name", "data.data_dir", "data.mirror", "data.local_file",
     "trainer.progress", "trainer.log_every_steps", "trainer.checkpoint_every_steps", "trainer.resume", "meta.scale",
-    # the same computation by another route (GPU algorithm choice; fused kernels == reference loop, tested)
-    "trainer.deterministic", "model.backend",
+    # the same computation by another route (GPU algorithm choice). Not model.backend: the fused and reference
+    # paths draw their zoneout masks from different generators, so their training runs differ.
+    "trainer.deterministic",
 )
 NEUTRAL_PREFIXES = ("hydra.", "hydra/", "logger.", "logger=", "+logger", "++logger", "meta.")
 
@@ -94,12 +95,17 @@ def normalize(override: str) -> str:
     return f"{key.lstrip('+~')}={_canon(value)}"
 
 
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def _canon(value: Any) -> str:
     if isinstance(value, str):
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError:
             return value
+    if isinstance(value, str) and _FLOAT.match(value.strip()):   # 1e-3 (a string to YAML 1.1) is 0.001
+        value = float(value)
     return _fmt_value(value)
 
 
@@ -162,7 +168,13 @@ def load_run(run_dir: str | Path, base: str | Path | None = None) -> Run | None:
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():
         return None
-    metrics = json.loads(metrics_file.read_text())
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{metrics_file}: not a valid metrics.json ({e}); delete or repair that run folder") from None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{metrics_file}: not a metrics.json (a JSON object expected, found "
+                         f"{type(metrics).__name__}); delete or repair that run folder")
     config = {}
     for name in ("config.yaml", ".hydra/config.yaml"):
         if (run_dir / name).is_file():
@@ -813,15 +825,21 @@ def _write(path: Path, text: str) -> None:
 
 def write_results(runs_roots: Iterable[str | Path] = (ARCHIVE, "experiments"), out_dir: str | Path = "results",
                   sweep_dir: str | Path = "configs/sweep", readme: str | Path | None = "README.md",
-                  base: str | Path | None = ".", plots: bool = True, tables: Iterable[str] | None = None
-                  ) -> list[Path]:
+                  base: str | Path | None = ".", plots: bool = True, tables: Iterable[str] | None = None,
+                  keep_other_tables: bool = False) -> list[Path]:
     """Collect runs and (re)write runs.csv, <table>.md, plots and the README block. Returns written files.
 
     ``tables`` limits what is rewritten to those tables: their <table>.md and plots, their lines of runs.csv
     (the other tables' lines are kept as they are); the README block, which shows every table, is then left alone.
-    ``plots=False`` draws nothing but keeps the links to plots that exist. No runs at all: placeholders. Runs of
-    which none belongs to a table (to be written): ValueError, nothing written.
+    ``keep_other_tables`` (a collection of some run folders only): runs.csv keeps the lines of the tables this
+    collection has no runs of. ``plots=False`` draws nothing but keeps the links to plots that exist. No runs at
+    all: placeholders. Runs of which none belongs to a table (to be written), or a README without the results
+    markers: ValueError, nothing written.
     """
+    if readme is not None and Path(readme).is_file() and tables is None:
+        text = Path(readme).read_text()
+        if README_START not in text or README_END not in text:
+            raise ValueError(f"{readme} has no {README_START} ... {README_END} block to regenerate")
     out_dir = Path(out_dir)
     sweeps = load_sweeps(sweep_dir)
     runs_roots = list(runs_roots)
@@ -835,9 +853,10 @@ def write_results(runs_roots: Iterable[str | Path] = (ARCHIVE, "experiments"), o
     written = []
     csv_path = out_dir / "runs.csv"
     text = runs_csv(grouped)
-    if tables is not None and csv_path.is_file():   # keep the other tables' lines
+    rewritten = set(tables) if tables is not None else set(grouped) if keep_other_tables else None
+    if rewritten is not None and csv_path.is_file():   # keep the other tables' lines
         kept = [line for line in csv_path.read_text().splitlines()[1:]
-                if line and next(csv.reader([line]))[0] not in set(tables)]
+                if line and next(csv.reader([line]))[0] not in rewritten]
         lines = text.splitlines()
         text = "\n".join([lines[0]] + sorted(kept + lines[1:], key=_csv_order)) + "\n"
     _write(csv_path, text)
