@@ -361,13 +361,20 @@ def test_partial_collections_leave_the_other_tables_and_the_readme_alone(tmp_pat
     assert (out / "README.md").read_text() == readme_before
     assert (out / "results/grid.md").read_text() == md["grid.md"]      # --no-plots kept the heatmap's link
     # runs that belong to no table: refused, nothing written
-    lone = tmp_path / "lone" / "r"
-    lone.mkdir(parents=True)
-    (lone / "metrics.json").write_text('{"status": "completed"}')
+    _collect_refuses(tmp_path, '{"status": "completed"}', "belongs to a table", capsys)
+    assert (out / "README.md").read_text() == readme_before
+
+
+def _collect_refuses(tmp_path, metrics_text: str, says: str, capsys):
+    """collect_results.py over one run folder holding ``metrics_text``: exit 2 saying ``says``, nothing written."""
+    import collect_results
+    run = tmp_path / "one_run" / "r"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(metrics_text)
     with pytest.raises(SystemExit) as e:
-        collect_results.main(["--runs", str(tmp_path / "lone"), "--out", str(tmp_path / "o2")])
-    assert e.value.code == 2 and "belongs to a table" in capsys.readouterr().err
-    assert not (tmp_path / "o2").exists() and (out / "README.md").read_text() == readme_before
+        collect_results.main(["--runs", str(tmp_path / "one_run"), "--out", str(tmp_path / "out_refused")])
+    assert e.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "out_refused").exists()
 
 
 def test_planned_signature_keeps_the_last_value_of_a_key_and_one_float_spelling():
@@ -406,10 +413,4 @@ def test_collection_of_some_run_folders_keeps_the_other_tables(tmp_path, monkeyp
         with pytest.raises(SystemExit) as e:
             collect_results.main(argv)
         assert e.value.code == 2 and says in capsys.readouterr().err
-    bad = tmp_path / "bad" / "r"
-    bad.mkdir(parents=True)
-    (bad / "metrics.json").write_text("[1, 2]")
-    with pytest.raises(SystemExit) as e:
-        collect_results.main(["--runs", str(tmp_path / "bad"), "--out", str(tmp_path / "o3")])
-    assert e.value.code == 2 and "metrics.json: not a metrics.json (a JSON object expected" in capsys.readouterr().err
-    assert not (tmp_path / "o3").exists()
+    _collect_refuses(tmp_path, "[1, 2]", "metrics.json: not a metrics.json (a JSON object expected", capsys)
