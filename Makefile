@@ -62,7 +62,7 @@ reproduce-enwik8: install ## enwik8 extension (not in the paper): paper scale = 
 reproduce-char_ptb: install ## Table 1 char-PTB, 6 rows x 2 seeds: paper scale = 1 GPU, ~3-6 h per run; SCALE=cpu JOBS=2: 2 cores, ~8-20 min
 	$(PYTHON) scripts/reproduce.py char_ptb $(REPRO_ARGS)
 
-reproduce-word_ptb: install ## Table 1 word-PTB (perplexity), 5 rows x 2 seeds: paper scale = 1 GPU, ~2-4 h per run; SCALE=cpu JOBS=2: 2 cores, ~40 min
+reproduce-word_ptb: install ## Table 1 word-PTB (perplexity), 5 rows x 2 seeds: paper scale = 1 GPU, ~2-4 h per run; SCALE=cpu JOBS=2: 2 cores, ~30 min
 	$(PYTHON) scripts/reproduce.py word_ptb $(REPRO_ARGS)
 
 reproduce-text8: install ## Table 1 text8: paper scale = 1 GPU, ~1 day per run; SCALE=cpu: 2 cores, the first 3 MB of text8 (or LOCAL_FILE=<a copy of them>), 6 rows x 2 seeds, JOBS=2 ~10 min
