@@ -657,10 +657,9 @@ def runs_csv(groups_by_table: dict[str, list[Group]]) -> str:
     return buf.getvalue()
 
 
-def _csv_order(line: str) -> tuple:
-    """runs.csv line order when lines of several collections are merged: table order, then as runs_csv writes."""
-    t = next(csv.reader([line]))[0]
-    return (TABLE_ORDER.index(t) if t in TABLE_ORDER else len(TABLE_ORDER), t)
+def _csv_table(line: str) -> str:
+    """The table column of one runs.csv line."""
+    return next(csv.reader([line]))[0]
 
 
 def _csv(x: Any) -> str:
@@ -855,10 +854,10 @@ def write_results(runs_roots: Iterable[str | Path] = (ARCHIVE, "experiments"), o
     text = runs_csv(grouped)
     rewritten = set(tables) if tables is not None else set(grouped) if keep_other_tables else None
     if rewritten is not None and csv_path.is_file():   # keep the other tables' lines
-        kept = [line for line in csv_path.read_text().splitlines()[1:]
-                if line and next(csv.reader([line]))[0] not in rewritten]
+        kept = [line for line in csv_path.read_text().splitlines()[1:] if line and _csv_table(line) not in rewritten]
         lines = text.splitlines()
-        text = "\n".join([lines[0]] + sorted(kept + lines[1:], key=_csv_order)) + "\n"
+        # table order (stable sort: within a table, the order runs_csv wrote)
+        text = "\n".join([lines[0]] + sorted(kept + lines[1:], key=lambda ln: _table_rank(_csv_table(ln)))) + "\n"
     _write(csv_path, text)
     written.append(csv_path)
     for table, groups in grouped.items():
