@@ -255,6 +255,15 @@ def test_file_mirror_env_and_subdir(monkeypatch, tmp_path):
     assert all((d2 / n).read_bytes() == b for n, b in files.items())
 
 
+def test_offline_without_a_mirror_says_how_to_point_at_a_copy(monkeypatch, tmp_path):
+    use_ptb(monkeypatch, ptb_files())
+    monkeypatch.delenv("ZONEOUT_MIRROR", raising=False)
+    with pytest.raises(zd.DataError, match=r"offline, point it at a copy of the files: "
+                                           r"`make data-ptb MIRROR=file:///path/to/folder`"):
+        zd.download("ptb", tmp_path / "d", offline=True, progress=False)
+    assert not list((tmp_path / "d").glob("*.txt"))   # nothing half-written
+
+
 def test_hand_filled_dir_accepted_and_bad_hand_file_rejected(monkeypatch, tmp_path):
     files = ptb_files()
     use_ptb(monkeypatch, files)

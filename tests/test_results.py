@@ -414,3 +414,12 @@ def test_collection_of_some_run_folders_keeps_the_other_tables(tmp_path, monkeyp
             collect_results.main(argv)
         assert e.value.code == 2 and says in capsys.readouterr().err
     _collect_refuses(tmp_path, "[1, 2]", "metrics.json: not a metrics.json (a JSON object expected", capsys)
+
+
+def test_readme_without_markers_is_refused_before_anything_is_written(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no results markers here\n")
+    with pytest.raises(ValueError, match="has no <!-- results:start --> ... <!-- results:end --> block"):
+        results.write_results([FIX / "experiments"], out_dir=tmp_path / "results", sweep_dir=FIX / "sweep",
+                              readme=readme, base=FIX)
+    assert not (tmp_path / "results").exists() and readme.read_text() == "# no results markers here\n"
